@@ -1,0 +1,48 @@
+"""Encoders shared by the pipelines and the trainer.
+
+Pipelines and training plugins call the same functions, so a condition is
+encoded identically at training and sampling time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def tokenize_clip(tokenizer, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Pad/truncate to the tokenizer's max length (77 for CLIP), warning on truncation."""
+    max_len = tokenizer.model_max_length
+    tokens = tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+    full = tokenizer(prompts, padding="longest", return_tensors="pt").input_ids
+    if full.shape[-1] > max_len:
+        logger.warning("prompt truncated to %d CLIP tokens", max_len)
+    return tokens
+
+
+@torch.no_grad()
+def encode_clip_text(tokenizer, text_encoder, prompts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+    """CLIP last hidden states (B, 77, D) for `prompts`, in the encoder's dtype."""
+    device = device if device is not None else text_encoder.device
+    tokens = tokenize_clip(tokenizer, prompts)
+    mask = None
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        mask = tokens.attention_mask.to(device)
+    states = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+    return states.to(dtype=text_encoder.dtype, device=device)
+
+
+def vae_encode_mode(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Posterior mode of `pixels` in [-1, 1], **unscaled** (the IP2P conditioning convention)."""
+    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    return vae.encode(pixels).latent_dist.mode()
+
+
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Decode *scaled* diffusion latents to pixels in [-1, 1]."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    latents = latents / vae.config.scaling_factor + shift
+    return vae.decode(latents.to(vae.dtype), return_dict=False)[0]

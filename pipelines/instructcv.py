@@ -1,0 +1,312 @@
+"""InstructCV: vision tasks as instruction-conditioned image generation.
+
+An InstructPix2Pix UNet (8 input channels: noisy latent + unscaled VAE mode
+of the source image) guided by the IP2P three-way rule. With the same
+components, scheduler, seed and inputs, `InstructCVPipeline` reproduces
+diffusers' `StableDiffusionInstructPix2PixPipeline`; on top it keeps the
+input's aspect ratio, takes an optional mask and step correctors, and
+decodes task outputs (`run_task`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from editkit import tasks
+from editkit.conditioning import Condition, Conditioning, EditRequest
+from editkit.correctors import StepCorrector, StepState, apply_after, apply_before
+from editkit.encoders import encode_clip_text, vae_decode, vae_encode_mode
+from editkit.guidance import IP2P_GUIDANCE, guided_prediction
+from editkit.images import ImageInput, load_mask, pil_to_tensor, plan_size, resize_input, resize_output
+from editkit.pipeline_utils import (
+    EditPipelineMixin,
+    EditPipelineOutput,
+    broadcast_batch,
+    check_model_dir,
+    check_output_type,
+    format_images,
+    step_kwargs,
+)
+
+DEFAULT_MAX_SIDE = 512
+
+
+@dataclass
+class TaskResult:
+    """A decoded task answer: `value` is a mask (H, W) bool array, boxes (N, 4),
+    depth in metres (H, W) or a colour name; `image` is the raw output."""
+
+    task: str
+    prompt: str
+    value: Any
+    image: PIL.Image.Image
+
+
+class InstructCVPipeline(DiffusionPipeline, EditPipelineMixin):
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components: list[str] = []
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "image_latents"]
+    request_fields = ("instruction", "image", "mask")
+    guidance = IP2P_GUIDANCE
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: KarrasDiffusionSchedulers,
+    ):
+        super().__init__()
+        latent_ch = vae.config.latent_channels
+        if unet.config.in_channels != 2 * latent_ch:
+            raise ValueError(
+                f"InstructCV needs a UNet with {2 * latent_ch} input channels (noisy latent + image latent), "
+                f"but this UNet has {unet.config.in_channels}. Is this a text-to-image checkpoint rather than "
+                "an InstructPix2Pix/InstructCV one?"
+            )
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        # latent sides must survive every UNet downsampling
+        self.size_multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        check_model_dir(pretrained_model_name_or_path, ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def request_kwargs(self, request: EditRequest) -> dict[str, Any]:
+        if request.image is None:
+            raise ValueError("InstructCV edits an image: the request has no `image`.")
+        if not isinstance(request.instruction, str):
+            raise ValueError("InstructCV takes a text instruction, not an interleaved prompt.")
+        return {"prompt": request.instruction, "image": request.image, "mask": request.mask}
+
+    # -- conditioning ---------------------------------------------------------------
+
+    def encode_conditioning(self, prompts: list[str], pixels: torch.Tensor, negative_prompt: str | list[str] | None = None) -> Conditioning:
+        """Text states (null: the empty/negative prompt) and unscaled image latents (null: zeros)."""
+        device = self._execution_device
+        text = encode_clip_text(self.tokenizer, self.text_encoder, prompts, device)
+        if negative_prompt is None or isinstance(negative_prompt, str):
+            null_text = encode_clip_text(self.tokenizer, self.text_encoder, [negative_prompt or ""], device)
+        else:
+            if len(negative_prompt) != len(prompts):
+                raise ValueError(f"`negative_prompt` has {len(negative_prompt)} entries for {len(prompts)} prompts.")
+            null_text = encode_clip_text(self.tokenizer, self.text_encoder, list(negative_prompt), device)
+        with torch.no_grad():
+            image_latents = vae_encode_mode(self.vae, pixels.to(device))
+        dtype = self.unet.dtype
+        return Conditioning(
+            {
+                "encoder_hidden_states": Condition(text.to(dtype), null_text.to(dtype), "text"),
+                "image_latents": Condition.zeros_null(image_latents.to(dtype), "image"),
+            }
+        )
+
+    def _unet_forward(self, timestep: torch.Tensor, cross_attention_kwargs: dict | None) -> Callable:
+        def forward(latent_input: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+            x = torch.cat([latent_input, cond["image_latents"]], dim=1)
+            return self.unet(
+                x,
+                timestep,
+                encoder_hidden_states=cond["encoder_hidden_states"],
+                cross_attention_kwargs=cross_attention_kwargs,
+                return_dict=False,
+            )[0]
+
+        return forward
+
+    # -- sampling -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: ImageInput | list[ImageInput],
+        num_inference_steps: int = 100,
+        guidance_scale: float = 7.5,
+        image_guidance_scale: float = 1.5,
+        negative_prompt: str | list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
+        mask: ImageInput | None = None,
+        num_images_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        correctors: Sequence[StepCorrector] = (),
+        cross_attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+    ) -> EditPipelineOutput | tuple:
+        r"""Edit `image` following `prompt`.
+
+        Args:
+            prompt: instruction(s); a list edits a batch (one image for many
+                prompts, many images for one prompt, or pairs).
+            image: path, PIL image, array or tensor (or a list of them).
+            num_inference_steps: denoising steps (InstructCV CLI default 100).
+            guidance_scale: text guidance $s_T$ (7.5).
+            image_guidance_scale: image guidance $s_I$ (1.5). Branches whose
+                weight is zero are skipped; (1, 1) runs the conditional branch only.
+            negative_prompt: the null text (default "").
+            height, width: output size; the other side follows the aspect
+                ratio when only one is given. Default: the input's size.
+            max_side: bound on the working resolution's long side (the model
+                runs at most this large; the output is resized back).
+            mask: optional (H, W) mask of the input's size; white = may change.
+                Pixels outside it are taken from the input.
+            num_images_per_prompt: samples per prompt.
+            eta, generator, latents: as in diffusers.
+            output_type: "pil", "np", "pt" or "latent".
+            correctors: `StepCorrector`s run at every step (e.g. HGS).
+            callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`;
+                may return a dict replacing "latents", "prompt_embeds" or "image_latents".
+        """
+        check_output_type(output_type)
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be >= 1, got {num_images_per_prompt}.")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if bad:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` has {sorted(bad)}; allowed: {self._callback_tensor_inputs}.")
+
+        prompts, images = broadcast_batch(prompt, image)
+        plans = {plan_size(im.size, self.size_multiple, height, width, max_side) for im in images}
+        if len(plans) > 1:
+            raise ValueError(
+                "the images of a batch need one working size; they differ in size or aspect ratio. "
+                "Pass `height` and `width`, or edit them in separate calls."
+            )
+        plan = plans.pop()
+        device = self._execution_device
+        pixels = pil_to_tensor([resize_input(im, plan.work_width, plan.work_height) for im in images])
+        mask_t = None
+        if mask is not None:
+            if len(images) != 1 and len({im.size for im in images}) != 1:
+                raise ValueError("`mask` needs all images of the batch to share one size.")
+            mask_img = load_mask(mask, images[0].size, "mask")
+            mask_t = torch.from_numpy(np.asarray(mask_img, dtype=np.float32) / 255.0)[None, None]
+
+        cond = self.encode_conditioning(prompts, pixels, negative_prompt).repeat_interleave(num_images_per_prompt)
+        batch = cond.batch_size
+        scales = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale}
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        shape = (batch, self.vae.config.latent_channels, plan.work_height // self.vae_scale_factor, plan.work_width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape}.")
+        latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        extra = step_kwargs(self.scheduler, generator, eta)
+        source = pixels.to(device).repeat_interleave(num_images_per_prompt, dim=0) if correctors else None
+
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                forward = self._unet_forward(t, cross_attention_kwargs)
+                model_latents = latents
+                if correctors:
+                    state = StepState(
+                        step=i,
+                        num_steps=len(timesteps),
+                        timestep=t,
+                        latents=latents,
+                        scheduler=self.scheduler,
+                        conditioning=cond,
+                        predict_noise=lambda x, f=forward, t=t: f(self.scheduler.scale_model_input(x, t), cond.select(())),
+                        decode=lambda z: vae_decode(self.vae, z),
+                        source=source,
+                        mask=None if mask_t is None else mask_t.to(device),
+                    )
+                    model_latents = apply_before(correctors, state)
+                model_input = self.scheduler.scale_model_input(model_latents, t)
+                noise_pred = guided_prediction(self.guidance, scales, cond, model_input, forward)
+                if correctors:
+                    noise_pred = apply_after(correctors, state, model_latents, noise_pred)
+                latents = self.scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    available = {
+                        "latents": latents,
+                        "prompt_embeds": cond["encoder_hidden_states"].value,
+                        "image_latents": cond["image_latents"].value,
+                    }
+                    out = callback_on_step_end(self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs}) or {}
+                    latents = out.get("latents", latents)
+                    if "prompt_embeds" in out or "image_latents" in out:
+                        text, img = cond["encoder_hidden_states"], cond["image_latents"]
+                        cond = Conditioning(
+                            {
+                                "encoder_hidden_states": Condition(out.get("prompt_embeds", text.value), text.null, "text"),
+                                "image_latents": Condition(out.get("image_latents", img.value), img.null, "image"),
+                            }
+                        )
+                progress.update()
+
+        if output_type == "latent":
+            result = latents
+        else:
+            decoded = vae_decode(self.vae, latents)
+            result = (decoded.float() / 2 + 0.5).clamp(0, 1)
+            result = resize_output(result, plan.out_width, plan.out_height)
+            if mask_t is not None:
+                keep = resize_output(pixels.float() / 2 + 0.5, plan.out_width, plan.out_height)
+                keep = keep.repeat_interleave(num_images_per_prompt, dim=0).to(result.device)
+                m = resize_output(mask_t, plan.out_width, plan.out_height).to(result.device)
+                result = m * result + (1 - m) * keep
+            result = format_images(result, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (result,)
+        return EditPipelineOutput(images=result)
+
+    # -- tasks ----------------------------------------------------------------------
+
+    def run_task(
+        self,
+        task: str,
+        image: ImageInput,
+        label: str | list[str] | None = None,
+        *,
+        style: str = "fp",
+        pos: str = "red",
+        neg: str = "green",
+        **kwargs: Any,
+    ) -> TaskResult | list[TaskResult]:
+        """Ask for a vision task and decode the answer.
+
+        `pipe.run_task("segment", image, "dog")` returns a `TaskResult` whose
+        `value` is a boolean mask; "detect" gives (N, 4) boxes, "depth" a
+        depth map in metres, "classify" the colour name shown (compare with
+        `pos`/`neg`). A list of labels is batched over the same image.
+        """
+        codec = tasks.get_task(task)
+        labels = label if isinstance(label, list) else [label]
+        if codec.needs_label and any(not lab for lab in labels):
+            raise ValueError(f"task '{codec.name}' needs a `label` (the class to look for).")
+        prompts = [codec.prompt(lab, style=style, pos=pos, neg=neg) for lab in labels]
+        out = self(prompt=prompts, image=image, output_type="pil", **kwargs).images
+        per_prompt = kwargs.get("num_images_per_prompt", 1)
+        results = [TaskResult(codec.name, prompts[j // per_prompt], codec.decode(im), im) for j, im in enumerate(out)]
+        return results if isinstance(label, list) else results[0]
