@@ -216,3 +216,22 @@ def test_any_scheduler_runs(comps):
     p.set_progress_bar_config(disable=True)
     out = p("x", image=_image(), num_inference_steps=3, generator=_gen(), output_type="np").images
     assert out.shape == (1, 32, 48, 3) and np.isfinite(out).all()
+
+
+def test_run_task_decodes_each_task(pipe):
+    from editkit.tasks import COLORS
+
+    img = _image(32, 48)
+    masks = pipe.run_task("segment", img, ["circle", "square"], num_inference_steps=1, generator=_gen())
+    assert [r.prompt for r in masks] == ["Segment the circle.", "Segment the square."]
+    assert all(r.value.dtype == bool and r.value.shape == (32, 48) for r in masks)
+    boxes = pipe.run_task("detection", img, "circle", num_inference_steps=1, generator=_gen()).value
+    assert boxes.ndim == 2 and boxes.shape[1] == 4
+    depth = pipe.run_task("depth", img, num_inference_steps=1, generator=_gen()).value
+    assert depth.shape == (32, 48) and depth.min() >= 0.0 and depth.max() <= 10.0
+    answer = pipe.run_task("classify", img, "circle", num_inference_steps=1, generator=_gen())
+    assert answer.value in COLORS and "red" in answer.prompt and "green" in answer.prompt
+    with pytest.raises(ValueError, match="needs a `label`"):
+        pipe.run_task("segment", img)
+    with pytest.raises(ValueError, match="task"):
+        pipe.run_task("paint", img, "x")

@@ -1,0 +1,176 @@
+"""The `editkit` command line.
+
+    editkit edit IMAGE "instruction" -o OUT [--model PATH_OR_ID] [--steps ...]
+    editkit task segment|detect|depth|classify IMAGE [--label dog]
+    editkit data shapes --tasks cv,edit --n 5000 --size 64 --split train --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import tasks
+
+SHIPPED_MODELS = Path(__file__).parent / "models"
+
+
+def default_model() -> Path | None:
+    """The small InstructCV model shipped inside the package, if this install has it."""
+    path = SHIPPED_MODELS / "instructcv-tiny"
+    return path if (path / "model_index.json").is_file() else None
+
+
+def _load_pipeline(model: str | None, device: str | None, dtype: str):
+    import torch
+
+    from editkit.pipelines import InstructCVPipeline
+
+    if model is None:
+        shipped = default_model()
+        if shipped is None:
+            raise SystemExit(
+                "error: no default model is shipped with this install yet; pass --model PATH_OR_ID "
+                "(a diffusers InstructPix2Pix/InstructCV folder, e.g. alaa-lab/InstructCV)."
+            )
+        model = str(shipped)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    try:
+        pipe = InstructCVPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: cannot load --model {model}: {err}") from None
+    return pipe.to(device)
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the shipped tiny model)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's recommended)")
+    p.add_argument("--guidance", type=float, default=7.5, help="text guidance scale")
+    p.add_argument("--image-guidance", type=float, default=1.5, help="image guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-side", type=int, default=512, help="bound on the working resolution's long side")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    import torch
+
+    kw = {
+        "guidance_scale": args.guidance,
+        "image_guidance_scale": args.image_guidance,
+        "max_side": args.max_side,
+        "generator": torch.Generator().manual_seed(args.seed),
+    }
+    if args.steps is not None:
+        kw["num_inference_steps"] = args.steps
+    return kw
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from .conditioning import EditRequest
+
+    request = EditRequest(args.instruction, image=args.image, mask=args.mask).validated()
+    pipe = _load_pipeline(args.model, args.device, args.dtype)
+    out = pipe.edit(request, **_sampling_kwargs(args)).images[0]
+    out_path = Path(args.output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out.save(out_path)
+    print(f"wrote {out_path} ({out.size[0]}x{out.size[1]})")
+    return 0
+
+
+def _write_task_result(result, stem: str, out_dir: Path, pos: str) -> list[Path]:
+    """Write the raw output and the decoded answer: PNG mask, JSON boxes, 16-bit depth PNG (mm) or JSON label."""
+    import PIL.Image
+
+    raw = out_dir / f"{stem}.output.png"
+    result.image.save(raw)
+    value = result.value
+    if result.task == "segment":
+        path = out_dir / f"{stem}.mask.png"
+        PIL.Image.fromarray(np.asarray(value, dtype=np.uint8) * 255).save(path)
+    elif result.task == "detect":
+        path = out_dir / f"{stem}.boxes.json"
+        path.write_text(json.dumps({"prompt": result.prompt, "boxes_xyxy": np.asarray(value).round(2).tolist()}, indent=1))
+    elif result.task == "depth":
+        path = out_dir / f"{stem}.depth.png"
+        mm = np.clip(np.asarray(value, dtype=np.float64) * 1000.0, 0, 65535).round().astype(np.uint16)
+        PIL.Image.fromarray(mm).save(path)
+    else:
+        path = out_dir / f"{stem}.label.json"
+        path.write_text(json.dumps({"prompt": result.prompt, "colour": value, "present": value == pos}, indent=1))
+    return [raw, path]
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    from .images import load_image
+
+    codec = tasks.get_task(args.task)
+    if codec.needs_label and not args.label:
+        raise SystemExit(f"error: `editkit task {codec.name}` needs --label (the class to look for).")
+    image_path = Path(args.image)
+    image = load_image(image_path)
+    pipe = _load_pipeline(args.model, args.device, args.dtype)
+    result = pipe.run_task(codec.name, image, args.label, pos=args.pos, neg=args.neg, **_sampling_kwargs(args))
+    slug = "".join(c if c.isalnum() else "_" for c in (args.label or ""))
+    stem = f"{image_path.stem}.{codec.name}" + (f"-{slug}" if slug else "")
+    out_dir = Path(args.out_dir) if args.out_dir else image_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in _write_task_result(result, stem, out_dir, args.pos):
+        print(f"wrote {path}")
+    if codec.name == "classify":
+        print(f"answer: {result.value} ({'present' if result.value == args.pos else 'absent'})")
+    elif codec.name == "detect":
+        print(f"boxes: {len(result.value)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="editkit", description="Instruction-driven image editing with diffusers pipelines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("edit", help="edit an image following an instruction")
+    p.add_argument("image", help="input image file")
+    p.add_argument("instruction", help='what to do, e.g. "make it snowy"')
+    p.add_argument("-o", "--output", required=True, help="output image file")
+    p.add_argument("--mask", default=None, help="optional mask image (white = may change)")
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("task", help="run a vision task and write the decoded answer beside the image")
+    p.add_argument("task", choices=sorted(tasks.TASKS), help="which task")
+    p.add_argument("image", help="input image file")
+    p.add_argument("--label", default=None, help="class to segment/detect/classify")
+    p.add_argument("--pos", default="red", help="classify: colour shown when the class is present")
+    p.add_argument("--neg", default="green", help="classify: colour shown when it is absent")
+    p.add_argument("--out-dir", default=None, help="where to write results (default: beside the image)")
+    _add_sampling_args(p)
+    p.set_defaults(func=cmd_task)
+
+    try:
+        from .data.cli import add_data_parser
+    except ImportError:  # the data generator is optional at import time
+        add_data_parser = None
+    if add_data_parser is not None:
+        add_data_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

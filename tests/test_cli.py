@@ -1,0 +1,82 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from editkit import cli
+from editkit.pipelines import InstructCVPipeline
+from editkit.testing import tiny_instructcv_components
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    InstructCVPipeline(**tiny_instructcv_components(seed=0)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (36, 60, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_edit_writes_an_image_of_the_input_aspect(model_dir, photo, tmp_path, capsys):
+    out = tmp_path / "out" / "edited.png"
+    rc = cli.main(["edit", str(photo), "make it red", "-o", str(out), "--model", str(model_dir), "--steps", "2"])
+    assert rc == 0
+    assert PIL.Image.open(out).size == (60, 36)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_edit_runs_as_a_console_command(model_dir, photo, tmp_path):
+    out = tmp_path / "cmd.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "editkit.cli", "edit", str(photo), "make it red", "-o", str(out), "--model", str(model_dir), "--steps", "1", "--max-side", "32"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert PIL.Image.open(out).size == (60, 36)
+
+
+@pytest.mark.parametrize(
+    "task,label,suffix",
+    [("segment", "dog", "segment-dog.mask.png"), ("detect", "dog", "detect-dog.boxes.json"), ("depth", None, "depth.depth.png"), ("classify", "dog", "classify-dog.label.json")],
+)
+def test_task_writes_decoded_results_beside_the_image(model_dir, photo, task, label, suffix):
+    args = ["task", task, str(photo), "--model", str(model_dir), "--steps", "1"]
+    if label:
+        args += ["--label", label]
+    assert cli.main(args) == 0
+    result = photo.parent / f"photo.{suffix}"
+    assert result.is_file()
+    if suffix.endswith(".json"):
+        data = json.loads(result.read_text())
+        assert "prompt" in data
+    elif task == "depth":
+        depth = PIL.Image.open(result)
+        assert depth.mode.startswith("I") and depth.size == (60, 36)
+    else:
+        assert PIL.Image.open(result).size == (60, 36)
+
+
+def test_clear_errors(model_dir, photo, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "default_model", lambda: None)
+    with pytest.raises(SystemExit, match="pass --model"):
+        cli.main(["edit", str(photo), "x", "-o", str(tmp_path / "o.png")])
+    with pytest.raises(SystemExit, match="needs --label"):
+        cli.main(["task", "segment", str(photo), "--model", str(model_dir)])
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    assert cli.main(["edit", str(bad), "x", "-o", str(tmp_path / "o.png"), "--model", str(model_dir)]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    assert cli.main(["edit", str(photo), " ", "-o", str(tmp_path / "o.png"), "--model", str(model_dir)]) == 2
+    assert "`instruction` is empty" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="cannot load --model"):
+        cli.main(["edit", str(photo), "x", "-o", str(tmp_path / "o.png"), "--model", str(tmp_path)])
