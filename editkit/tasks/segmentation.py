@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from ._image import ImageLike, _as_uint8_rgb
@@ -23,15 +24,24 @@ def encode_mask(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def decode_mask(image: ImageLike, threshold: int = EVAL_THRESHOLD) -> np.ndarray:
+def decode_mask(image: ImageLike, threshold: int = EVAL_THRESHOLD, despeckle: bool = True) -> np.ndarray:
     """Predicted target -> boolean (H, W) mask.
 
     Foreground is where the mean over R, G and B exceeds `threshold`. The mean
     (rather than one channel) keeps slightly tinted predictions stable. The
     default 10 matches the official evaluation; pass DEMO_THRESHOLD (127) for
     the stricter demo behaviour.
+
+    With `despeckle`, foreground pixels with no 8-connected foreground
+    neighbour are dropped: at threshold 10, pixel noise on a black background
+    fires about 1 % of pixels, almost all isolated, while a real mask has no
+    one-pixel islands. Pass despeckle=False for the plain official rule.
     """
     if not 0 <= threshold < 255:
         raise ValueError(f"threshold must be in [0, 255), got {threshold}")
-    rgb = _as_uint8_rgb(image)
-    return rgb.mean(axis=2) > threshold
+    fg = _as_uint8_rgb(image).mean(axis=2) > threshold
+    if despeckle:
+        # 3x3 sum including the pixel itself, so a kept pixel needs a count of at least 2.
+        count = cv2.boxFilter(fg.astype(np.uint8), -1, (3, 3), normalize=False, borderType=cv2.BORDER_CONSTANT)
+        fg &= count >= 2
+    return fg
