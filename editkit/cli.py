@@ -3,6 +3,7 @@
     editkit edit IMAGE "instruction" -o OUT [--model PATH_OR_ID] [--steps ...]
     editkit task segment|detect|depth|classify IMAGE [--label dog]
     editkit data shapes --tasks cv,edit --n 5000 --size 64 --split train --out DIR
+    editkit app [--model PATH_OR_ID | --model METHOD=PATH_OR_ID] [--port 7860]
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ def cmd_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    from .app.__main__ import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="editkit", description="Instruction-driven image editing with diffusers pipelines.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None, help="where to write results (default: beside the image)")
     _add_sampling_args(p)
     p.set_defaults(func=cmd_task)
+
+    try:
+        from .app.args import add_app_arguments
+    except ImportError:  # installs without the app package
+        add_app_arguments = None
+    if add_app_arguments is not None:
+        p = sub.add_parser("app", help="launch the Gradio demo on 127.0.0.1 (needs the `app` extra)")
+        add_app_arguments(p)
+        p.set_defaults(func=cmd_app)
 
     try:
         from .data.cli import add_data_parser

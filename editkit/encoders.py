@@ -23,16 +23,18 @@ def tokenize_clip(tokenizer, prompts: list[str]) -> dict[str, torch.Tensor]:
     return tokens
 
 
-@torch.no_grad()
 def encode_clip_text(tokenizer, text_encoder, prompts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
-    """CLIP last hidden states (B, 77, D) for `prompts`, in the encoder's dtype."""
-    device = device if device is not None else text_encoder.device
+    """CLIP last hidden states (B, 77, D) for `prompts`, in the encoder's dtype.
+
+    Gradients flow when called outside `torch.no_grad` (training the text encoder)."""
+    model = getattr(text_encoder, "module", text_encoder)  # unwrap DDP for config/dtype, call the wrapper
+    device = device if device is not None else model.device
     tokens = tokenize_clip(tokenizer, prompts)
     mask = None
-    if getattr(text_encoder.config, "use_attention_mask", False):
+    if getattr(model.config, "use_attention_mask", False):
         mask = tokens.attention_mask.to(device)
     states = text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
-    return states.to(dtype=text_encoder.dtype, device=device)
+    return states.to(dtype=model.dtype, device=device)
 
 
 def vae_encode_mode(vae, pixels: torch.Tensor) -> torch.Tensor:

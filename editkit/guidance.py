@@ -147,7 +147,11 @@ class ConditionDropout:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """Per-group bool masks (B,) saying which samples drop that group."""
-        r = torch.rand(batch_size, generator=generator)
+        return self.masks(torch.rand(batch_size, generator=generator), device)
+
+    def masks(self, r: torch.Tensor, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """Masks from given uniform draws `r` (B,) in [0, 1), one per sample."""
+        batch_size = r.shape[0]
         groups = sorted(set().union(*self.patterns)) if self.patterns else []
         masks = {g: torch.zeros(batch_size, dtype=torch.bool) for g in groups}
         lo = 0.0

@@ -66,7 +66,7 @@ def tiny_clip_text_encoder(
     return CLIPTextModel(config).eval()
 
 
-def tiny_vae(block_out_channels: tuple[int, ...] = (32, 64), seed: int = 0) -> AutoencoderKL:
+def tiny_vae(block_out_channels: tuple[int, ...] = (32, 64), mid_attention: bool = True, seed: int = 0) -> AutoencoderKL:
     """SD-style KL autoencoder; scale factor 2 ** (len(block_out_channels) - 1)."""
     torch.manual_seed(seed)
     n = len(block_out_channels)
@@ -80,6 +80,7 @@ def tiny_vae(block_out_channels: tuple[int, ...] = (32, 64), seed: int = 0) -> A
         latent_channels=4,
         norm_num_groups=min(32, block_out_channels[0]),
         sample_size=32,
+        mid_block_add_attention=mid_attention,
     ).eval()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -42,6 +44,28 @@ from editkit.pipeline_utils import (
 DEFAULT_MAX_SIDE = 512
 
 
+def build_conditioning(text: torch.Tensor, null_text: torch.Tensor, image_latents: torch.Tensor, dtype: torch.dtype) -> Conditioning:
+    """InstructCV's conditions; the trainer builds them with this same function."""
+    return Conditioning(
+        {
+            "encoder_hidden_states": Condition(text.to(dtype), null_text.to(dtype), "text"),
+            "image_latents": Condition.zeros_null(image_latents.to(dtype), "image"),
+        }
+    )
+
+
+def unet_forward(
+    unet: UNet2DConditionModel,
+    latent_input: torch.Tensor,
+    cond: dict[str, torch.Tensor],
+    timestep: torch.Tensor,
+    cross_attention_kwargs: dict | None = None,
+) -> torch.Tensor:
+    """The backbone call: noisy latent and image latent concatenated on channels."""
+    x = torch.cat([latent_input, cond["image_latents"]], dim=1)
+    return unet(x, timestep, encoder_hidden_states=cond["encoder_hidden_states"], cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]
+
+
 @dataclass
 class TaskResult:
     """A decoded task answer: `value` is a mask (H, W) bool array, boxes (N, 4),
@@ -53,7 +77,7 @@ class TaskResult:
     image: PIL.Image.Image
 
 
-class InstructCVPipeline(DiffusionPipeline, EditPipelineMixin):
+class InstructCVPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, EditPipelineMixin):
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components: list[str] = []
     _callback_tensor_inputs = ["latents", "prompt_embeds", "image_latents"]
@@ -107,26 +131,7 @@ class InstructCVPipeline(DiffusionPipeline, EditPipelineMixin):
             null_text = encode_clip_text(self.tokenizer, self.text_encoder, list(negative_prompt), device)
         with torch.no_grad():
             image_latents = vae_encode_mode(self.vae, pixels.to(device))
-        dtype = self.unet.dtype
-        return Conditioning(
-            {
-                "encoder_hidden_states": Condition(text.to(dtype), null_text.to(dtype), "text"),
-                "image_latents": Condition.zeros_null(image_latents.to(dtype), "image"),
-            }
-        )
-
-    def _unet_forward(self, timestep: torch.Tensor, cross_attention_kwargs: dict | None) -> Callable:
-        def forward(latent_input: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-            x = torch.cat([latent_input, cond["image_latents"]], dim=1)
-            return self.unet(
-                x,
-                timestep,
-                encoder_hidden_states=cond["encoder_hidden_states"],
-                cross_attention_kwargs=cross_attention_kwargs,
-                return_dict=False,
-            )[0]
-
-        return forward
+        return build_conditioning(text, null_text, image_latents, self.unet.dtype)
 
     # -- sampling -------------------------------------------------------------------
 
@@ -224,7 +229,7 @@ class InstructCVPipeline(DiffusionPipeline, EditPipelineMixin):
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
-                forward = self._unet_forward(t, cross_attention_kwargs)
+                forward = partial(unet_forward, self.unet, timestep=t, cross_attention_kwargs=cross_attention_kwargs)
                 model_latents = latents
                 if correctors:
                     state = StepState(

@@ -1,0 +1,1 @@
+"""The shared trainer's parts: config, data, checkpoints and one plugin per method."""

@@ -1,0 +1,131 @@
+"""Training configuration: one YAML recipe + `key=value` overrides, checked before any step runs."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+# Every key a recipe may set, with its default. A recipe or an override naming
+# anything else is an error (with the nearest valid key), not a silent no-op.
+DEFAULTS: dict = {
+    "method": "instructcv",
+    "seed": 0,
+    "output_dir": "outputs/run",
+    "model": {
+        "pretrained": None,  # diffusers pipeline folder or hub id to fine-tune
+        "tiny": {  # used when `pretrained` is null: build components from these sizes
+            "unet_channels": [32, 64],
+            "unet_layers_per_block": 2,
+            "text_hidden": 32,
+            "text_layers": 5,
+            "vae_channels": [32, 64],
+            "vae_mid_attention": True,
+            "vae": None,  # a trained VAE folder (e.g. from the vae recipe) to use frozen
+        },
+        "train_text_encoder": False,
+        "train_vae": False,
+    },
+    "data": {
+        "source": "shapes",  # shapes | folder | datasets
+        "path": None,  # folder with metadata.jsonl, or a `datasets` save_to_disk folder / hub name
+        "tasks": "cv,edit",
+        "size": 64,
+        "num_samples": 20000,  # shapes: samples per epoch drawn on the fly
+        "heldout_phrasings": False,
+        "buckets": False,  # aspect-ratio buckets for mixed sizes
+        "bucket_sizes": [[64, 64]],
+        "cache": False,  # encode latents and text states once
+        "num_workers": 0,
+        "random_flip": False,
+    },
+    "train": {
+        "max_steps": 1000,
+        "batch_size": 16,
+        "grad_accum": 1,
+        "lr": 1e-4,
+        "text_encoder_lr": None,
+        "lr_scheduler": "constant",
+        "lr_warmup_steps": 0,
+        "adam_beta1": 0.9,
+        "adam_beta2": 0.999,
+        "weight_decay": 1e-2,
+        "adam_eps": 1e-8,
+        "use_8bit_adam": False,
+        "max_grad_norm": 1.0,
+        "mixed_precision": "no",  # no | fp16 | bf16
+        "gradient_checkpointing": False,
+        "conditioning_dropout": 0.05,
+        "prediction_type": None,  # epsilon | v_prediction; null = the scheduler's
+        "ema": False,
+        "ema_decay": 0.9999,
+        "attention": "sdpa",  # sdpa | xformers
+        "lora": {"rank": 0, "alpha": None, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]},
+    },
+    "checkpoint": {"every": 500, "keep": 3, "resume": None},  # resume: null | latest | path
+    "log": {"every": 10, "tensorboard": True},
+    "validation": {"every": 0, "num_images": 4, "steps": 20},
+}
+
+
+def _flat_keys(cfg: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, dict):
+            keys.extend(_flat_keys(v, full + "."))
+    return keys
+
+
+def _check_keys(cfg: DictConfig, where: str) -> None:
+    valid = _flat_keys(DEFAULTS)
+    free = ("train.lora.target_modules", "data.bucket_sizes")  # lists
+    for key in _flat_keys(OmegaConf.to_container(cfg)):
+        if key in valid or any(key.startswith(f + ".") for f in free):
+            continue
+        near = difflib.get_close_matches(key, valid, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ValueError(f"unknown config key '{key}' in {where}{hint}")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Defaults <- recipe file <- `key=value` overrides (dotted keys)."""
+    cfg = OmegaConf.create(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        recipe = OmegaConf.load(path)
+        _check_keys(recipe, str(path))
+        cfg = OmegaConf.merge(cfg, recipe)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override '{item}' is not of the form key=value")
+    if overrides:
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+        _check_keys(dotlist, "the command line")
+        cfg = OmegaConf.merge(cfg, dotlist)
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: DictConfig) -> None:
+    t = cfg.train
+    if t.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"train.mixed_precision must be no, fp16 or bf16, got {t.mixed_precision!r}")
+    if t.attention not in ("sdpa", "xformers"):
+        raise ValueError(f"train.attention must be sdpa or xformers, got {t.attention!r}")
+    for key in ("max_steps", "batch_size", "grad_accum"):
+        if int(t[key]) < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
+    if not 0.0 <= float(t.conditioning_dropout) <= 1.0 / 3.0:
+        raise ValueError(f"train.conditioning_dropout must be in [0, 1/3], got {t.conditioning_dropout}")
+    if cfg.data.source not in ("shapes", "folder", "datasets"):
+        raise ValueError(f"data.source must be shapes, folder or datasets, got {cfg.data.source!r}")
+    if cfg.data.source != "shapes" and not cfg.data.path:
+        raise ValueError(f"data.source={cfg.data.source} needs data.path")
+    if int(cfg.checkpoint.keep) < 1:
+        raise ValueError(f"checkpoint.keep must be >= 1, got {cfg.checkpoint.keep}")

@@ -1,0 +1,52 @@
+"""Autoencoder training (the shipped tiny models' VAE): reconstruction + a small KL term."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from editkit.testing import tiny_vae
+
+from .base import MethodTraining, images_to_tensor
+
+KL_WEIGHT = 1e-6
+
+
+class VAETraining(MethodTraining):
+    name = "vae"
+    has_pipeline = False
+    distributed = False  # encode/decode bypass the DDP wrapper's forward
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.vae = tiny_vae(tuple(cfg.model.tiny.vae_channels), bool(cfg.model.tiny.vae_mid_attention), seed=cfg.seed + 1).train()
+
+    def trainable(self) -> dict[str, torch.nn.Module]:
+        return {"vae": self.vae}
+
+    def fingerprint_parts(self) -> dict:
+        return {"method": self.name, "vae": dict(self.vae.config)}
+
+    def encode_images(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        # the autoencoder is what trains: nothing to cache, pass the pixels through
+        return {"pixels": torch.cat([source, target])}
+
+    def loss(self, models: dict[str, torch.nn.Module], batch: dict, generators: list[torch.Generator]) -> torch.Tensor:
+        vae = getattr(models["vae"], "module", models["vae"])
+        x = batch["latents"]["pixels"]
+        dist = vae.encode(x).latent_dist
+        eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in generators + generators]).to(x.device)
+        z = dist.mean + dist.std * eps
+        recon = vae.decode(z).sample
+        kl = dist.kl().mean() / x[0].numel()
+        return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + KL_WEIGHT * kl
+
+    def collate(self, items: list[dict]) -> dict:
+        return {
+            "index": torch.tensor([it["index"] for it in items]),
+            "source": images_to_tensor([it["source"] for it in items]),
+            "target": images_to_tensor([it["target"] for it in items]),
+        }
+
+    def export(self, path, models: dict[str, torch.nn.Module]) -> None:
+        getattr(models["vae"], "module", models["vae"]).save_pretrained(path, safe_serialization=True)

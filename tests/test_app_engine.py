@@ -1,0 +1,325 @@
+"""The app's engine without a browser: requests, decoding, the model cache, bad input, path safety."""
+
+import os
+import threading
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from editkit.app import methods as app_methods
+from editkit.app.engine import (
+    EXAMPLES_DIR,
+    AppConfig,
+    Engine,
+    UserError,
+    availability,
+    check_readable_path,
+    mask_from_editor,
+    parse_interleaved,
+)
+from editkit.app.methods import METHODS, MethodSpec, get_method, parse_model_args
+from editkit.pipelines import InstructCVPipeline
+from editkit.testing import tiny_instructcv_components
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("app_model") / "tiny"
+    InstructCVPipeline(**tiny_instructcv_components(seed=0)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory):
+    """Stands in for Gradio's upload folder: the one place (besides the examples) the engine reads."""
+    return tmp_path_factory.mktemp("uploads")
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir, uploads):
+    cfg = AppConfig(sources={"instructcv": str(model_dir)}, allowed_roots=[EXAMPLES_DIR, uploads], steps=2)
+    return Engine(cfg)
+
+
+@pytest.fixture(scope="module")
+def photo(uploads):
+    path = uploads / "photo.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_run_returns_an_output_of_the_input_size_with_progress(engine, photo):
+    seen = []
+    r = engine.run("instructcv", str(photo), "make it red", preset="free edit", seed=3, on_step=lambda i, n: seen.append((i, n)))
+    assert r.output.size == (48, 32)
+    assert r.seed == 3 and r.info["steps"] == 2 and r.info["size"] == [48, 32]
+    assert seen == [(1, 2), (2, 2)]
+    assert r.task is None and r.task_image is None
+
+
+def test_fixed_seed_reproduces_and_randomise_reports_the_seed_used(engine, photo):
+    a = engine.run("instructcv", str(photo), "make it red", preset="free edit", seed=7, steps=1)
+    b = engine.run("instructcv", str(photo), "make it red", preset="free edit", seed=7, steps=1)
+    assert np.array_equal(np.asarray(a.output), np.asarray(b.output))
+    c = engine.run("instructcv", str(photo), "make it red", preset="free edit", randomize_seed=True, steps=1)
+    assert 0 <= c.seed <= 2**31 - 1 and c.info["seed"] == c.seed
+
+
+@pytest.mark.parametrize("preset,label", [("segment", "circle"), ("detect", "star"), ("depth", ""), ("classify", "cross")])
+def test_task_presets_are_decoded(engine, photo, preset, label):
+    spec = get_method("instructcv")
+    r = engine.run("instructcv", photo, spec.preset(preset).instruction(label), preset=preset, label=label, steps=1)
+    assert r.task == preset and r.summary
+    if preset == "classify":
+        assert isinstance(r.task_value, str) and r.task_image is None
+    else:
+        assert r.task_image.size == (48, 32)
+    if preset == "segment":
+        assert r.task_value.shape == (32, 48) and r.task_value.dtype == bool
+    if preset == "detect":
+        assert r.task_value.shape[1:] == (4,)
+
+
+def test_mask_limits_the_edit_to_the_painted_region(engine, photo):
+    layer = np.zeros((32, 48, 4), dtype=np.uint8)
+    layer[:, :24, 3] = 255  # left half painted
+    editor = {"background": PIL.Image.open(photo), "layers": [PIL.Image.fromarray(layer, "RGBA")], "composite": None}
+    r = engine.run("instructcv", str(photo), "make it red", preset="free edit", mask=editor, steps=1)
+    assert r.info["mask"] is True
+    src = np.asarray(PIL.Image.open(photo).convert("RGB"), dtype=int)
+    out = np.asarray(r.output, dtype=int)
+    assert np.abs(out[:, 24:] - src[:, 24:]).max() <= 1  # unpainted half kept
+    assert np.abs(out[:, :24] - src[:, :24]).mean() > 5  # painted half changed
+
+
+def test_mask_from_editor_reads_the_layer_alpha_not_the_composite():
+    size = (8, 6)
+    blank = PIL.Image.new("RGBA", size, (0, 0, 0, 0))
+    stroke = blank.copy()
+    stroke.putpixel((2, 3), (255, 0, 0, 200))
+    cfg = AppConfig()
+    assert mask_from_editor(None, size, cfg) is None
+    assert mask_from_editor({"background": None, "layers": [], "composite": stroke}, size, cfg) is None
+    assert mask_from_editor({"background": None, "layers": [blank], "composite": None}, size, cfg) is None
+    m = mask_from_editor({"background": None, "layers": [stroke], "composite": blank}, size, cfg)
+    assert m.size == size and np.asarray(m)[3, 2] == 255 and np.asarray(m).sum() == 255
+    # a painted canvas of another size is scaled to the image
+    assert mask_from_editor({"layers": [stroke.resize((16, 12))]}, size, cfg).size == size
+    # a plain mask image works too (API callers)
+    plain = PIL.Image.new("L", size, 0)
+    plain.putpixel((0, 0), 255)
+    assert np.asarray(mask_from_editor(plain, size, cfg))[0, 0] == 255
+
+
+# ----------------------------------------------------------------------------- model cache
+
+
+def test_models_load_once_and_switching_methods_does_not_reload(engine, photo, model_dir, monkeypatch):
+    second = MethodSpec(
+        key="instructcv2",
+        name="InstructCV copy",
+        pipeline="editkit.pipelines:InstructCVPipeline",
+        fields=frozenset({"instruction", "image", "mask"}),
+        steps=1,
+        guidance=7.5,
+        image_guidance=1.5,
+    )
+    monkeypatch.setitem(METHODS, second.key, second)
+    monkeypatch.setitem(engine.config.sources, second.key, str(model_dir))
+    for key in ("instructcv", "instructcv2", "instructcv", "promptfix", "instructcv2", "instructcv"):
+        if key == "promptfix":
+            with pytest.raises(UserError, match="not available"):
+                engine.run(key, str(photo), "fix it", steps=1)
+            continue
+        engine.run(key, str(photo), "make it red", preset="free edit", steps=1)
+    assert engine.cache.loads[("instructcv", str(model_dir))] == 1
+    assert engine.cache.loads[("instructcv2", str(model_dir))] == 1
+    assert engine.pipeline("instructcv") is engine.pipeline("instructcv")
+    assert engine.pipeline("instructcv") is not engine.pipeline("instructcv2")
+
+
+def test_concurrent_first_requests_load_the_model_once(model_dir, uploads):
+    eng = Engine(AppConfig(sources={"instructcv": str(model_dir)}, allowed_roots=[uploads]))
+    pipes = []
+    threads = [threading.Thread(target=lambda: pipes.append(eng.pipeline("instructcv"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(pipes) == 4 and all(p is pipes[0] for p in pipes)
+    assert sum(eng.cache.loads.values()) == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("text", ["", "   ", None])
+def test_empty_instruction_is_refused(engine, photo, text):
+    with pytest.raises(UserError, match="instruction is empty"):
+        engine.run("instructcv", str(photo), text)
+
+
+def test_missing_image_is_refused(engine):
+    with pytest.raises(UserError, match="Upload a source image"):
+        engine.run("instructcv", None, "make it red")
+
+
+def test_non_image_file_is_refused(engine, uploads):
+    fake = uploads / "notes.png"
+    fake.write_text("this is not a picture")
+    with pytest.raises(UserError, match="not an image file"):
+        engine.run("instructcv", str(fake), "make it red")
+
+
+def test_upload_over_the_byte_limit_is_refused(model_dir, uploads, photo):
+    eng = Engine(AppConfig(sources={"instructcv": str(model_dir)}, allowed_roots=[uploads], max_upload_bytes=100))
+    with pytest.raises(UserError, match="MB; the limit is"):
+        eng.run("instructcv", str(photo), "make it red")
+
+
+def test_image_over_the_pixel_limit_is_refused(model_dir, uploads):
+    big = uploads / "big.png"
+    PIL.Image.new("RGB", (300, 200)).save(big)
+    eng = Engine(AppConfig(sources={"instructcv": str(model_dir)}, allowed_roots=[uploads], max_pixels=10_000))
+    with pytest.raises(UserError, match=r"too large \(300x200\)"):
+        eng.run("instructcv", str(big), "make it red")
+    with pytest.raises(UserError, match="too large"):
+        eng.run("instructcv", PIL.Image.new("RGB", (300, 200)), "make it red")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"steps": 0}, "Steps must be between"),
+        ({"steps": 2.5}, "whole number"),
+        ({"guidance": "lots"}, "must be a number"),
+        ({"image_guidance": float("nan")}, "between"),
+        ({"max_side": 10}, "Max side must be between"),
+        ({"seed": -1}, "Seed must be between"),
+        ({"preset": "levitate"}, "no task preset"),
+        ({"method": "photoshop"}, "unknown method"),
+        ({"instruction": "x" * 3000}, "too long"),
+    ],
+)
+def test_bad_settings_give_clear_messages(engine, photo, kwargs, match):
+    args = {"method": "instructcv", "image": str(photo), "instruction": "make it red"} | kwargs
+    with pytest.raises(UserError, match=match):
+        engine.run(**args)
+
+
+def test_methods_without_a_checkpoint_or_pipeline_say_so(model_dir, tmp_path):
+    spec = get_method("instructcv")
+    assert availability(spec, str(model_dir)).ok
+    none = availability(spec, None)
+    assert not none.ok and "no checkpoint is configured" in none.message and "--model instructcv=" in none.message
+    missing = availability(spec, str(tmp_path / "nowhere"))
+    assert not missing.ok and "not a diffusers pipeline folder" in missing.message
+    assert availability(spec, "alaa-lab/InstructCV").ok  # hub id: tried when first used
+    for key in ("promptfix", "pixwizard", "unic", "dreamengine"):
+        a = availability(get_method(key), "some/checkpoint")
+        assert not a.ok and "planned" in a.message
+    eng = Engine(AppConfig(sources={"instructcv": None}))
+    assert eng.available_methods() == []
+    with pytest.raises(UserError, match="no checkpoint is configured"):
+        eng.run("instructcv", PIL.Image.new("RGB", (8, 8)), "make it red")
+
+
+def test_a_checkpoint_that_fails_to_load_is_a_user_error_and_not_cached(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_index.json").write_text("{}")
+    eng = Engine(AppConfig(sources={"instructcv": str(broken)}))
+    for _ in range(2):
+        with pytest.raises(UserError, match="cannot load the InstructCV checkpoint"):
+            eng.pipeline("instructcv")
+    assert eng.cache.loaded() == []
+
+
+def test_unused_fields_are_reported_not_silently_dropped(engine, photo):
+    r = engine.run("instructcv", str(photo), "make it red", preset="free edit", references=[str(photo)], hgs=True, steps=1)
+    assert any("reference" in n for n in r.notes) and any("HGS" in n for n in r.notes)
+
+
+# ----------------------------------------------------------------------------- path safety
+
+
+def test_paths_outside_the_app_folders_are_refused(engine, uploads, tmp_path):
+    secret = tmp_path / "secret.png"
+    PIL.Image.new("RGB", (8, 8)).save(secret)
+    attempts = [
+        "/etc/passwd",
+        str(secret),
+        str(uploads / ".." / secret.parent.name / "secret.png"),
+        str(EXAMPLES_DIR / ".." / ".." / "README.md"),
+        str(tmp_path / "does-not-exist.png"),
+    ]
+    link = uploads / "link.png"
+    link.symlink_to(secret)
+    attempts.append(str(link))
+    messages = set()
+    for path in attempts:
+        with pytest.raises(UserError, match="cannot be read") as err:
+            engine.run("instructcv", path, "make it red")
+        messages.add(str(err.value))
+    assert len(messages) == 1  # the same words whether or not the file exists
+    # references and editor layers go through the same check
+    with pytest.raises(UserError, match="cannot be read"):
+        mask_from_editor({"layers": ["/etc/passwd"]}, (8, 8), engine.config)
+    with pytest.raises(UserError, match="cannot be read"):
+        check_readable_path(os.path.join(str(uploads), "..", "..", "etc", "passwd"), [uploads], "image")
+
+
+def test_examples_can_be_read(engine):
+    r = engine.run("instructcv", str(EXAMPLES_DIR / "depth_0.png"), "Estimate the depth of this image.", preset="depth", steps=1)
+    assert r.output.size == (64, 64) and r.task_image.size == (64, 64)
+
+
+# ----------------------------------------------------------------------------- specs and helpers
+
+
+def test_parse_interleaved_maps_tags_to_references():
+    a, b = PIL.Image.new("RGB", (4, 4)), PIL.Image.new("RGB", (4, 4), "red")
+    parts = parse_interleaved("Put <image1> on <Image 2>.", [a, b])
+    assert parts == ["Put ", a, " on ", b, "."]
+    with pytest.raises(UserError, match="<image3>"):
+        parse_interleaved("use <image3>", [a, b])
+
+
+def test_method_registry_and_presets():
+    assert list(METHODS)[0] == "instructcv"
+    spec = get_method("InstructCV")
+    assert spec.pipeline_class() is InstructCVPipeline
+    assert spec.preset("segment").instruction("dog") == "Segment the dog."
+    assert spec.match_preset("segment the red circle")[1] == "red circle"
+    assert spec.match_preset("make it snowy") is None
+    for s in METHODS.values():
+        assert s.presets and all(p.name for p in s.presets) and s.steps >= 1
+    with pytest.raises(ValueError, match="unknown request field"):
+        MethodSpec("x", "X", "m:C", frozenset({"telepathy"}), 1, 1.0, None)
+
+
+def test_model_arguments():
+    assert parse_model_args(None) == {}
+    assert parse_model_args(["./tiny"]) == {"instructcv": "./tiny"}
+    assert parse_model_args(["promptfix=yeates/PromptFix", "/m"]) == {"promptfix": "yeates/PromptFix", "instructcv": "/m"}
+    assert parse_model_args(["./odd=name"]) == {"instructcv": "./odd=name"}
+    assert app_methods.default_sources({"instructcv": "/m"})["instructcv"] == "/m"
+
+
+def test_describe_lists_every_method(engine):
+    d = {m["key"]: m for m in engine.describe()}
+    assert set(d) == set(METHODS)
+    assert d["instructcv"]["available"] and d["instructcv"]["steps"] == 2
+    assert not d["promptfix"]["available"] and d["promptfix"]["hgs"]
+
+
+def test_cli_has_the_app_command():
+    from editkit import cli
+
+    args = cli.build_parser().parse_args(["app", "--model", "promptfix=x", "--model", "/m", "--port", "7999", "--steps", "3"])
+    assert args.func is cli.cmd_app and args.port == 7999 and args.model == ["promptfix=x", "/m"]
+    from editkit.app.__main__ import config_from_args
+
+    cfg = config_from_args(args)
+    assert cfg.sources["instructcv"] == "/m" and cfg.sources["promptfix"] == "x" and cfg.steps == 3
