@@ -2,10 +2,11 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= dev,train
+EXTRAS  ?= dev,train,app
+APP_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv test edit tiny-model clean
+.PHONY: venv test edit app tiny-model clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -22,6 +23,17 @@ test: venv
 edit: venv
 	mkdir -p outputs
 	$(BIN)/editkit edit docs/examples/shapes.png "segment the red circle" -o outputs/edit.png
+
+# Retrain the shipped default model from scratch (VAE, then InstructCV UNet + text encoder).
+tiny-model: venv
+	$(BIN)/python train/train.py --config configs/train/vae_shapes.yaml
+	$(BIN)/python train/train.py --config configs/train/instructcv_shapes.yaml
+	rm -rf editkit/models/instructcv-tiny
+	cp -r outputs/instructcv_shapes/final editkit/models/instructcv-tiny
+
+# the Gradio demo on http://127.0.0.1:7860 (the shipped tiny model; APP_ARGS="--model PATH --port N" for others)
+app: venv
+	$(BIN)/editkit app $(APP_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -3,6 +3,7 @@
     editkit edit IMAGE "instruction" -o OUT [--model PATH_OR_ID] [--steps ...]
     editkit task segment|detect|depth|classify IMAGE [--label dog]
     editkit data shapes --tasks cv,edit --n 5000 --size 64 --split train --out DIR
+    editkit eval --model DIR --method instructcv --tasks cv,edit --n 200 --split test [--heldout-phrasings]
     editkit app [--model PATH_OR_ID | --model METHOD=PATH_OR_ID] [--port 7860]
 """
 
@@ -169,12 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         add_app_arguments(p)
         p.set_defaults(func=cmd_app)
 
-    try:
-        from .data.cli import add_data_parser
-    except ImportError:  # the data generator is optional at import time
-        add_data_parser = None
-    if add_data_parser is not None:
-        add_data_parser(sub)
+    from .data.cli import add_data_parser
+
+    add_data_parser(sub)
+
+    from .evaluate import add_eval_parser
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -248,6 +248,33 @@ def test_boxes_aligned_neighbours_stay_separate() -> None:
         assert np.array_equal(found, sort_boxes(boxes.astype(np.float64)))
 
 
+@pytest.mark.parametrize("size", [48, 64, 256])
+def test_boxes_one_pixel_from_the_border_stay_exact(size: int) -> None:
+    """Regression: the 3x3 closing bridged a 1-px gap to the image border, decoding x1 == 1 as 0
+    (and x2 == W - 1 as W); the mask is now padded before closing."""
+    background = np.full((size, size, 3), (200, 180, 40), np.uint8)
+    n = size
+    cases = [
+        [1, 10, 30, 40],  # x1 one pixel from the left border
+        [10, 1, 30, 40],  # y1 one pixel from the top
+        [5, 5, n - 1, 40],  # x2 one pixel from the right border
+        [5, 5, 30, n - 1],  # y2 one pixel from the bottom
+        [1, 1, n - 1, n - 1],  # all four sides
+        [0, 0, 20, 20],  # touching the border stays touching
+        [n - 20, n - 20, n, n],
+    ]
+    for box in cases:
+        boxes = np.array([box], dtype=np.float64)
+        target = encode_boxes(background, boxes)
+        assert np.array_equal(decode_boxes(target), boxes), box
+        # The outline's own blue pixels are unchanged by the closing.
+        assert np.array_equal(blue_mask(target), (target == (0, 0, 255)).all(axis=2)), box
+    # Pinholes next to the border are still closed.
+    target = encode_boxes(background, [[1, 1, 30, 30]])
+    target[1, 10] = background[0, 0]
+    assert np.array_equal(decode_boxes(target), np.array([[1.0, 1.0, 30.0, 30.0]]))
+
+
 def test_decode_boxes_bad_args() -> None:
     image = np.zeros((16, 16, 3), np.uint8)
     with pytest.raises(ValueError, match="arm"):

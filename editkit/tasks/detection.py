@@ -90,13 +90,18 @@ def blue_mask(
 
     The closing fills pinholes that noise punches into outlines; a square
     element keeps axis-aligned corners, so box extents are unchanged.
+
+    The mask is padded with one unset pixel on every side before closing and
+    cropped after: OpenCV's default border would let the closing bridge a
+    1-px gap between an outline and the image border, moving a box with
+    x1 == 1 to x1 == 0 (and x2 == W - 1 to W).
     """
     hsv = cv2.cvtColor(_as_uint8_rgb(image), cv2.COLOR_RGB2HSV)
     lo = np.array([hue[0], min_saturation, min_value], dtype=np.uint8)
     hi = np.array([hue[1], 255, 255], dtype=np.uint8)
-    mask = cv2.inRange(hsv, lo, hi)
+    mask = cv2.copyMakeBorder(cv2.inRange(hsv, lo, hi), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-    return mask > 0
+    return mask[1:-1, 1:-1] > 0
 
 
 def _shifted(mask: np.ndarray, dy: int, dx: int) -> np.ndarray:
