@@ -48,7 +48,7 @@ def tiny_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
 
 
 def tiny_clip_text_encoder(
-    vocab_size: int = 514, hidden_size: int = 32, num_hidden_layers: int = 5, seed: int = 0
+    vocab_size: int = 514, hidden_size: int = 32, num_hidden_layers: int = 5, max_length: int = 77, seed: int = 0
 ) -> CLIPTextModel:
     torch.manual_seed(seed)
     config = CLIPTextConfig(
@@ -57,7 +57,7 @@ def tiny_clip_text_encoder(
         intermediate_size=37 if hidden_size == 32 else hidden_size * 4,
         num_attention_heads=4,
         num_hidden_layers=num_hidden_layers,
-        max_position_embeddings=77,
+        max_position_embeddings=max_length,
         layer_norm_eps=1e-5,
         bos_token_id=512,
         eos_token_id=513,
@@ -66,8 +66,13 @@ def tiny_clip_text_encoder(
     return CLIPTextModel(config).eval()
 
 
-def tiny_vae(block_out_channels: tuple[int, ...] = (32, 64), mid_attention: bool = True, seed: int = 0) -> AutoencoderKL:
-    """SD-style KL autoencoder; scale factor 2 ** (len(block_out_channels) - 1)."""
+def tiny_vae(
+    block_out_channels: tuple[int, ...] = (32, 64), mid_attention: bool = True, norm_num_groups: int | None = None, seed: int = 0
+) -> AutoencoderKL:
+    """SD-style KL autoencoder; scale factor 2 ** (len(block_out_channels) - 1).
+
+    Use groups of several channels (`norm_num_groups` < channels) for models that
+    must reproduce flat colours: a one-channel GroupNorm erases a uniform map."""
     torch.manual_seed(seed)
     n = len(block_out_channels)
     return AutoencoderKL(
@@ -78,7 +83,7 @@ def tiny_vae(block_out_channels: tuple[int, ...] = (32, 64), mid_attention: bool
         block_out_channels=block_out_channels,
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=min(32, block_out_channels[0]),
+        norm_num_groups=norm_num_groups or min(32, block_out_channels[0]),
         sample_size=32,
         mid_block_add_attention=mid_attention,
     ).eval()
@@ -89,6 +94,7 @@ def tiny_unet(
     block_out_channels: tuple[int, ...] = (32, 64),
     cross_attention_dim: int = 32,
     layers_per_block: int = 2,
+    norm_num_groups: int | None = None,
     seed: int = 0,
 ) -> UNet2DConditionModel:
     """An InstructPix2Pix-style UNet (8 input channels: noisy latent + image latent)."""
@@ -104,7 +110,7 @@ def tiny_unet(
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
-        norm_num_groups=min(32, block_out_channels[0]),
+        norm_num_groups=norm_num_groups or min(32, block_out_channels[0]),
     ).eval()
 
 

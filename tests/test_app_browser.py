@@ -40,6 +40,17 @@ QUEUE_SIZE = 2
 MAX_UPLOAD_BYTES = 100_000
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin for seconds per step."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("app_server")
@@ -57,7 +68,8 @@ def server(tmp_path_factory):
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("app_files")
     rng = np.random.default_rng(0)
-    PIL.Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(d / "small.png")
+    examples = Path(__file__).resolve().parents[1] / "app" / "examples"
+    PIL.Image.open(examples / "segment_0.png").convert("RGB").resize((48, 32)).save(d / "small.png")
     PIL.Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(d / "big.png")  # ~270 KB
     (d / "notes.png").write_text("not an image at all")
     return d
@@ -138,12 +150,14 @@ def test_upload_type_run_shows_an_output_of_the_input_size(page, files):
 
 
 def test_a_painted_mask_is_used(page, files):
-    upload(page, files / "small.png")
+    # the upload also sets the mask editor's background (a server round trip); paint after it
+    with page.expect_response(lambda r: r.url.endswith("/gradio_api/run/predict"), timeout=20_000):
+        upload(page, files / "small.png")
     page.wait_for_selector("#source img", timeout=10_000)
     page.get_by_text("Mask (optional)").click()
     canvas = page.locator("#mask canvas").first
     canvas.wait_for(timeout=10_000)
-    time.sleep(0.5)
+    time.sleep(1.0)
     box = canvas.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - 20, cy)
@@ -151,6 +165,7 @@ def test_a_painted_mask_is_used(page, files):
     for dx in (-10, 0, 10, 20):
         page.mouse.move(cx + dx, cy)
     page.mouse.up()
+    time.sleep(0.5)
     type_instruction(page, "make it red")
     # typing something that is no preset's sentence switches to a free edit (nothing to decode)
     page.wait_for_function("() => document.querySelector('#preset input').value === 'free edit'", timeout=10_000)
@@ -175,6 +190,8 @@ def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, files):
     page.locator("#instruction textarea").fill("make it red")
     page.locator("#run").click()
     assert "not an image" in toasts(page)
+    if SHOTS:
+        time.sleep(0.6)  # let the message fade in
     shot(page, "error")
 
     # a method without a pipeline/checkpoint is marked, and says so instead of running
@@ -182,6 +199,13 @@ def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, files):
     page.get_by_role("option", name="PromptFix (not available)").click()
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('not available')", timeout=10_000)
     assert page.locator("#run").is_disabled()
+    page.locator("#auxiliary").wait_for(state="visible", timeout=10_000)  # PromptFix's auxiliary prompt
+    # Dream Engine: an interleaved prompt over reference images instead of a source image
+    page.locator("#method input").click()
+    page.get_by_role("option", name="Dream Engine (not available)").click()
+    page.locator("#interleaved").wait_for(state="visible", timeout=10_000)
+    page.locator("#references").wait_for(state="visible", timeout=10_000)
+    assert not page.locator("#source").is_visible() and not page.locator("#auxiliary").is_visible()
 
 
 def test_cached_example_fills_inputs_and_shows_outputs(page, server):
@@ -248,7 +272,16 @@ def test_no_file_outside_the_app_folders_can_be_read(server):
     base = server["url"].rstrip("/")
     repo_file = Path(__file__).resolve().parents[1] / "README.md"
     with httpx.Client(timeout=30) as http:
-        for target in ["/etc/passwd", str(repo_file), "../../../../etc/passwd", str(server["root"] / "tiny" / "model_index.json")]:
+        examples = Path(__file__).resolve().parents[1] / "app" / "examples"
+        assert http.get(f"{base}/gradio_api/file={examples / 'depth_0.png'}").status_code == 200  # the app's own folder
+        for target in [
+            "/etc/passwd",
+            str(repo_file),
+            "../../../../etc/passwd",
+            f"{examples}/../engine.py",
+            f"{examples}/%2e%2e/engine.py",
+            str(server["root"] / "tiny" / "model_index.json"),
+        ]:
             r = http.get(f"{base}/gradio_api/file={target}")
             assert r.status_code in (403, 404), (target, r.status_code)
             assert "root:" not in r.text and "_class_name" not in r.text
@@ -264,6 +297,5 @@ def test_no_file_outside_the_app_folders_can_be_read(server):
         else:
             assert r.status_code in (400, 403, 422) and "root:" not in r.text
         assert http.get(base + "/").status_code == 200
-    # examples are served (the app's own folder)
     client = gradio_client.Client(server["url"], verbose=False)
-    assert json.dumps(client.predict(api_name="/methods"))
+    assert json.dumps(client.predict(api_name="/methods"))  # still serving

@@ -23,6 +23,17 @@ from editkit.pipelines import InstructCVPipeline
 from editkit.testing import tiny_instructcv_components
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin for seconds per step."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("app_model") / "tiny"
@@ -323,3 +334,18 @@ def test_cli_has_the_app_command():
 
     cfg = config_from_args(args)
     assert cfg.sources["instructcv"] == "/m" and cfg.sources["promptfix"] == "x" and cfg.steps == 3
+
+
+def test_the_ui_builds_without_any_checkpoint(tmp_path):
+    pytest.importorskip("gradio", reason="the app needs the `app` extra (gradio)")
+    from editkit.app.ui import build_app
+
+    eng = Engine(AppConfig(sources={k: None for k in METHODS}))
+    demo = build_app(eng, cache_dir=tmp_path)
+    names = {d.get("api_name") for d in demo.config["dependencies"]}
+    assert {"edit", "methods"} <= names
+    run = next(c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "run")
+    assert run["props"]["interactive"] is False  # nothing to run: the button is off, the status says why
+    status = next(c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "status")
+    assert "no checkpoint is configured" in status["props"]["value"]
+    assert not (EXAMPLES_DIR.parent / "ui.pyi").exists()  # Gradio writes no stub files into the package

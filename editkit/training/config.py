@@ -21,8 +21,10 @@ DEFAULTS: dict = {
             "unet_layers_per_block": 2,
             "text_hidden": 32,
             "text_layers": 5,
+            "text_max_length": 77,  # the byte-level tokenizer spends one token per character
             "vae_channels": [32, 64],
             "vae_mid_attention": True,
+            "norm_groups": None,  # GroupNorm groups for the tiny UNet and VAE (null: one channel per group up to 32)
             "vae": None,  # a trained VAE folder (e.g. from the vae recipe) to use frozen
         },
         "train_text_encoder": False,

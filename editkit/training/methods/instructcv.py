@@ -50,13 +50,16 @@ class InstructCVTraining(MethodTraining):
             self.tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
         else:
             t = m.tiny
-            self.tokenizer = tiny_clip_tokenizer()
-            self.text_encoder = tiny_clip_text_encoder(hidden_size=t.text_hidden, num_hidden_layers=t.text_layers, seed=cfg.seed + 2)
-            self.vae = AutoencoderKL.from_pretrained(t.vae) if t.vae else tiny_vae(tuple(t.vae_channels), bool(t.vae_mid_attention), seed=cfg.seed + 1)
+            self.tokenizer = tiny_clip_tokenizer(model_max_length=t.text_max_length)
+            self.text_encoder = tiny_clip_text_encoder(
+                hidden_size=t.text_hidden, num_hidden_layers=t.text_layers, max_length=t.text_max_length, seed=cfg.seed + 2
+            )
+            self.vae = AutoencoderKL.from_pretrained(t.vae) if t.vae else tiny_vae(tuple(t.vae_channels), bool(t.vae_mid_attention), t.norm_groups, seed=cfg.seed + 1)
             self.unet = tiny_unet(
                 block_out_channels=tuple(t.unet_channels),
                 cross_attention_dim=t.text_hidden,
                 layers_per_block=t.unet_layers_per_block,
+                norm_num_groups=t.norm_groups,
                 seed=cfg.seed,
             )
         self.vae.requires_grad_(False).eval()

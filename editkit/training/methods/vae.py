@@ -19,7 +19,8 @@ class VAETraining(MethodTraining):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.vae = tiny_vae(tuple(cfg.model.tiny.vae_channels), bool(cfg.model.tiny.vae_mid_attention), seed=cfg.seed + 1).train()
+        t = cfg.model.tiny
+        self.vae = tiny_vae(tuple(t.vae_channels), bool(t.vae_mid_attention), t.norm_groups, seed=cfg.seed + 1).train()
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         return {"vae": self.vae}
