@@ -22,7 +22,7 @@ test: venv
 
 edit: venv
 	mkdir -p outputs
-	$(BIN)/editkit edit docs/examples/shapes.png "segment the red circle" -o outputs/edit.png
+	$(BIN)/editkit edit docs/examples/shapes.png "Turn the purple diamond yellow." -o outputs/edit.png
 
 # Retrain the shipped default model from scratch (VAE, then InstructCV UNet + text encoder).
 tiny-model: venv

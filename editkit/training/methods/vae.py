@@ -50,4 +50,25 @@ class VAETraining(MethodTraining):
         }
 
     def export(self, path, models: dict[str, torch.nn.Module]) -> None:
-        getattr(models["vae"], "module", models["vae"]).save_pretrained(path, safe_serialization=True)
+        from editkit.data.shapes import generate
+
+        vae = getattr(models["vae"], "module", models["vae"])
+        samples = list(generate(self.cfg.data.tasks, 256, int(self.cfg.data.size), "val", self.cfg.seed))
+        calibrate_scaling(vae, images_to_tensor([s.target for s in samples] + [s.source for s in samples]))
+        vae.save_pretrained(path, safe_serialization=True)
+
+
+@torch.no_grad()
+def calibrate_scaling(vae, pixels: torch.Tensor, chunk: int = 64) -> float:
+    """Set `scaling_factor` so scaled latents have unit std (how SD's 0.18215 was chosen).
+
+    Without it a small VAE's latents can be far from unit variance, which shifts
+    the diffusion noise schedule and starves the UNet of signal.
+    """
+    was_training = vae.training
+    vae.eval()
+    means = torch.cat([vae.encode(pixels[i : i + chunk]).latent_dist.mean for i in range(0, len(pixels), chunk)])
+    vae.train(was_training)
+    factor = float(1.0 / means.std())
+    vae.register_to_config(scaling_factor=factor)
+    return factor
