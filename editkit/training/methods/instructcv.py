@@ -131,12 +131,15 @@ class InstructCVTraining(MethodTraining):
         }
 
     def pipeline(self, models: dict[str, torch.nn.Module]) -> InstructCVPipeline:
+        scheduler = sd_euler_ancestral()
+        # the sampler must predict what the UNet was trained to predict
+        scheduler.register_to_config(prediction_type=self.noise_scheduler.config.prediction_type)
         pipe = InstructCVPipeline(
             vae=self.vae,
             text_encoder=models.get("text_encoder", self.text_encoder),
             tokenizer=self.tokenizer,
             unet=models["unet"],
-            scheduler=sd_euler_ancestral(),
+            scheduler=scheduler,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
