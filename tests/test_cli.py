@@ -39,7 +39,7 @@ def test_edit_runs_as_a_console_command(model_dir, photo, tmp_path):
         [sys.executable, "-m", "editkit.cli", "edit", str(photo), "make it red", "-o", str(out), "--model", str(model_dir), "--steps", "1", "--max-side", "32"],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr
     assert PIL.Image.open(out).size == (60, 36)

@@ -94,8 +94,11 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_latent_cache_gives_the_same_training(tmp_path):
-    _run(tmp_path / "plain", "train.max_steps=2", "checkpoint.every=2")
-    _run(tmp_path / "cached", "train.max_steps=2", "checkpoint.every=2", "data.cache=true")
+    # encoding in chunks of 64 instead of batches of 4 changes float rounding; a large
+    # Adam eps keeps updates linear in the gradient so that cannot flip near-zero updates
+    linear = ("train.max_steps=2", "checkpoint.every=2", "train.adam_eps=1e-2", "train.lr=1e-2")
+    _run(tmp_path / "plain", *linear)
+    _run(tmp_path / "cached", *linear, "data.cache=true")
     _assert_same(_state(tmp_path / "plain", 2)["unet"], _state(tmp_path / "cached", 2)["unet"], atol=1e-5)
 
 
