@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     apply_model_options(cfg, models)
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[t.mixed_precision]
     for m in method.frozen().values():
-        m.to(accelerator.device, dtype=weight_dtype)
+        m.to(accelerator.device)
+        if weight_dtype != torch.float32:  # frozen parts run in the mixed-precision dtype
+            m.to(dtype=weight_dtype)
     fp = fingerprint(method.fingerprint_parts())
 
     # -- data (checked before any step) -----------------------------------------
