@@ -172,12 +172,12 @@ def test_bad_data_and_resume_fail_before_any_step(tmp_path):
 
 def test_vae_scaling_is_calibrated_to_unit_latent_std():
     from editkit.testing import tiny_vae
-    from editkit.training.methods.base import images_to_tensor
+    from editkit.images import pil_to_tensor
     from editkit.training.methods.vae import calibrate_scaling
 
     rng = np.random.default_rng(0)
     images = [PIL.Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(8)]
-    pixels = images_to_tensor(images)
+    pixels = pil_to_tensor(images)
     vae = tiny_vae((16, 32), mid_attention=False, norm_num_groups=4)
     factor = calibrate_scaling(vae, pixels, chunk=3)
     with torch.no_grad():

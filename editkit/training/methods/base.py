@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
-import PIL.Image
 import torch
 
-
-def images_to_tensor(images: list[PIL.Image.Image]) -> torch.Tensor:
-    """RGB PIL images of one size to (B, 3, H, W) in [-1, 1]."""
-    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+from editkit.images import pil_to_tensor
 
 
 class MethodTraining:
@@ -48,7 +42,13 @@ class MethodTraining:
         raise NotImplementedError
 
     def collate(self, items: list[dict]) -> dict:
-        raise NotImplementedError
+        """Pixels in [-1, 1] exactly as the pipelines preprocess them, plus indices and instructions."""
+        return {
+            "index": torch.tensor([it["index"] for it in items]),
+            "source": pil_to_tensor([it["source"] for it in items]),
+            "target": pil_to_tensor([it["target"] for it in items]),
+            "instruction": [it["instruction"] for it in items],
+        }
 
     def pipeline(self, models: dict[str, torch.nn.Module]):
         raise NotImplementedError

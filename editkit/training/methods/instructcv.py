@@ -18,7 +18,7 @@ from editkit.guidance import ip2p_dropout
 from editkit.pipelines.instructcv import InstructCVPipeline, build_conditioning, unet_forward
 from editkit.testing import sd_euler_ancestral, tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
 
-from .base import MethodTraining, images_to_tensor
+from .base import MethodTraining
 
 
 def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditionModel:
@@ -122,13 +122,6 @@ class InstructCVTraining(MethodTraining):
             target = noise
         return F.mse_loss(pred.float(), target.float())
 
-    def collate(self, items: list[dict]) -> dict:
-        return {
-            "index": torch.tensor([it["index"] for it in items]),
-            "source": images_to_tensor([it["source"] for it in items]),
-            "target": images_to_tensor([it["target"] for it in items]),
-            "instruction": [it["instruction"] for it in items],
-        }
 
     def pipeline(self, models: dict[str, torch.nn.Module]) -> InstructCVPipeline:
         scheduler = sd_euler_ancestral()

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 from editkit.testing import tiny_vae
 
-from .base import MethodTraining, images_to_tensor
+from editkit.images import pil_to_tensor
+
+from .base import MethodTraining
 
 KL_WEIGHT = 1e-6
 
@@ -42,19 +44,13 @@ class VAETraining(MethodTraining):
         kl = dist.kl().mean() / x[0].numel()
         return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + KL_WEIGHT * kl
 
-    def collate(self, items: list[dict]) -> dict:
-        return {
-            "index": torch.tensor([it["index"] for it in items]),
-            "source": images_to_tensor([it["source"] for it in items]),
-            "target": images_to_tensor([it["target"] for it in items]),
-        }
 
     def export(self, path, models: dict[str, torch.nn.Module]) -> None:
         from editkit.data.shapes import generate
 
         vae = getattr(models["vae"], "module", models["vae"])
         samples = list(generate(self.cfg.data.tasks, 256, int(self.cfg.data.size), "val", self.cfg.seed))
-        calibrate_scaling(vae, images_to_tensor([s.target for s in samples] + [s.source for s in samples]))
+        calibrate_scaling(vae, pil_to_tensor([s.target for s in samples] + [s.source for s in samples]))
         vae.save_pretrained(path, safe_serialization=True)
 
 
