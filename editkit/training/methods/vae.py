@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from editkit.testing import tiny_vae
-
 from editkit.images import pil_to_tensor
+from editkit.testing import tiny_vae
 
 from .base import MethodTraining
 
