@@ -1,0 +1,1 @@
+"""Backbone modules that editkit adds on top of diffusers (one file per method's network)."""
