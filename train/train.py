@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from editkit.training.checkpoint import check_compatible, fingerprint, read_meta, resolve_resume, save_checkpoint
+from editkit.training.checkpoint import check_compatible, fingerprint, pause_for_test, read_meta, resolve_resume, save_checkpoint
 from editkit.training.config import load_config
 from editkit.training.data import BatchPlan, RankBatches, assign_buckets, build_dataset, fit_to, sample_generators
 from editkit.training.methods import get_method
@@ -39,16 +39,16 @@ from editkit.training.methods import get_method
 class LatentCache:
     """Frozen encodings (and instructions) of every sample, computed once."""
 
-    def __init__(self, dataset, method, collate, device, chunk: int = 64):
+    def __init__(self, dataset, method, collate, device, chunk: int = 64, num_workers: int = 0):
         self.instructions: list[str] = []
         parts: dict[str, list[torch.Tensor]] = {}
-        for start in tqdm(range(0, len(dataset), chunk), desc="caching latents", leave=False):
-            items = [dataset[i] for i in range(start, min(start + chunk, len(dataset)))]
-            batch = collate(items)
+        # in index order; workers only generate and collate (a sample depends on its index alone)
+        chunks = DataLoader(dataset, batch_size=chunk, shuffle=False, collate_fn=collate, num_workers=num_workers)
+        for batch in tqdm(chunks, desc="caching latents", leave=False):
             enc = method.encode_images(batch["source"].to(device), batch["target"].to(device))
             for k, v in enc.items():
                 parts.setdefault(k, []).append(v.cpu())
-            self.instructions += [it["instruction"] for it in items]
+            self.instructions += list(batch["instruction"])
         self.tensors = {k: torch.cat(v) for k, v in parts.items()}
 
     def batch(self, indices: list[int], device) -> dict:
@@ -146,6 +146,13 @@ def export(cfg, method, accelerator, models, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _all_agree(accelerator, flag: bool) -> bool:
+    """True when any process says so (every rank then takes the same branch)."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.gather(torch.tensor([float(flag)], device=accelerator.device)).max() > 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML recipe (configs/train/*.yaml)")
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
     accum, max_steps = int(t.grad_accum), int(t.max_steps)
     batches = RankBatches(plan, start_step * accum, max_steps * accum, rank, world)
-    cache = LatentCache(data, method, method.collate, accelerator.device) if cfg.data.cache else None
+    cache = LatentCache(data, method, method.collate, accelerator.device, num_workers=int(cfg.data.num_workers)) if cfg.data.cache else None
     if cache is None:
         loader = iter(DataLoader(data, batch_sampler=batches, collate_fn=method.collate, num_workers=int(cfg.data.num_workers)))
     else:
@@ -233,7 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     step, seen, t0 = start_step, 0, time.perf_counter()
     for m in models.values():
         m.train()
+    deadline = t0 + float(t.max_seconds) if t.max_seconds else None
     while step < max_steps:
+        if deadline is not None and _all_agree(accelerator, time.perf_counter() > deadline):
+            accelerator.print(f"train.max_seconds={t.max_seconds} reached at step {step}; exporting")
+            if int(cfg.checkpoint.every) > 0:
+                save_checkpoint(accelerator, out, step, meta, int(cfg.checkpoint.keep))
+            break
         for micro in range(accum):
             if cache is None:
                 batch = next(loader)
@@ -246,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not torch.isfinite(loss):
                     raise SystemExit(f"loss is {loss.item()} at step {step}; lower train.lr or use bf16 instead of fp16.")
                 accelerator.backward(loss)
+                pause_for_test("step", step + 1, out)  # crash tests: EDITKIT_TEST_PAUSE=step:N
                 if accelerator.sync_gradients and t.max_grad_norm:
                     accelerator.clip_grad_norm_(params, float(t.max_grad_norm))
                 optimizer.step()
@@ -274,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             ema.copy_to([p for p in accelerator.unwrap_model(models[names[0]]).parameters() if p.requires_grad])
         export(cfg, method, accelerator, models, out / "final")
         elapsed = time.perf_counter() - t0
-        summary = {"steps": step - start_step, "seconds": round(elapsed, 2), "samples_per_s": round(seen / max(elapsed, 1e-9), 2)}
+        summary = {"steps": step - start_step, "final_step": step, "seconds": round(elapsed, 2), "samples_per_s": round(seen / max(elapsed, 1e-9), 2)}
         (out / "train_summary.json").write_text(json.dumps(summary))
         accelerator.print(f"exported {out / 'final'}  {summary}")
     accelerator.end_training()

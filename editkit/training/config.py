@@ -45,6 +45,7 @@ DEFAULTS: dict = {
     },
     "train": {
         "max_steps": 1000,
+        "max_seconds": None,  # wall-clock cap: stop early (checkpoint + export); pair with a constant LR schedule
         "batch_size": 16,
         "grad_accum": 1,
         "lr": 1e-4,
