@@ -30,12 +30,12 @@ class VAETraining(MethodTraining):
         return {"method": self.name, "vae": dict(self.vae.config)}
 
     def encode_images(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        # the autoencoder is what trains: nothing to cache, pass the pixels through
-        return {"pixels": torch.cat([source, target])}
+        # the autoencoder is what trains: the "encoding" is the pixels themselves (one row per sample, so a cache can hold them)
+        return {"source": source, "target": target}
 
     def loss(self, models: dict[str, torch.nn.Module], batch: dict, generators: list[torch.Generator]) -> torch.Tensor:
         vae = getattr(models["vae"], "module", models["vae"])
-        x = batch["latents"]["pixels"]
+        x = torch.cat([batch["latents"]["source"], batch["latents"]["target"]])
         dist = vae.encode(x).latent_dist
         eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in generators + generators]).to(x.device)
         z = dist.mean + dist.std * eps
