@@ -14,6 +14,11 @@ def config_from_args(args: argparse.Namespace):
         overrides = parse_model_args(args.model)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-megapixels", args.max_megapixels), ("--queue-size", args.queue_size), ("--concurrency", args.concurrency)):
+        if not value > 0:
+            raise SystemExit(f"error: {flag} must be positive, got {value}.")
+    if args.timeout < 0:
+        raise SystemExit(f"error: --timeout must be >= 0 seconds (0: no limit), got {args.timeout}.")
     return AppConfig(
         sources=default_sources(overrides),
         device=args.device,
@@ -21,6 +26,7 @@ def config_from_args(args: argparse.Namespace):
         max_pixels=int(args.max_megapixels * 1e6),
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         steps=args.steps,
+        request_timeout_s=args.timeout or None,
     )
 
 

@@ -23,6 +23,7 @@ def add_app_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--max-megapixels", type=float, default=16.0, help="largest accepted image, in megapixels")
     p.add_argument("--queue-size", type=int, default=20, help="requests that may wait; more are refused with a message")
     p.add_argument("--concurrency", type=int, default=1, help="requests that may run on the model at once")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may wait and run before it is stopped (0: no limit)")
     p.add_argument("--cache-dir", default=None, help="where cached example outputs go (default: ~/.cache/editkit/app)")
     p.add_argument("--no-examples-cache", action="store_true", help="do not cache example outputs")
     return p

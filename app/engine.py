@@ -33,6 +33,8 @@ import PIL.ImageDraw
 
 from editkit.conditioning import EditRequest
 from editkit.images import load_image
+from editkit.numerics import NonFiniteError
+from editkit.validation import parse_interleaved as _parse_interleaved
 
 from .methods import METHODS, MethodSpec, Preset, default_sources, get_method, is_local_path
 
@@ -49,6 +51,10 @@ class UserError(ValueError):
     """A problem with what the user sent; the message is shown to them as it is."""
 
 
+class RequestTimeout(UserError):
+    """A request waited or ran longer than `AppConfig.request_timeout_s`; it was stopped, the server goes on."""
+
+
 @dataclass
 class AppConfig:
     """What the app serves and the limits it enforces."""
@@ -61,6 +67,8 @@ class AppConfig:
     allowed_roots: list[Path] = field(default_factory=lambda: [EXAMPLES_DIR])
     steps: int | None = None  # overrides every method's default steps (e.g. a fast CPU demo)
     max_references: int = 4
+    # a request (waiting for the model + sampling) is stopped after this long; None: no limit
+    request_timeout_s: float | None = 300.0
     history_size: int = 24
     # image -> description, fills PromptFix's auxiliary prompt when left empty
     captioner: Callable[[PIL.Image.Image], str] | None = None
@@ -264,24 +272,12 @@ def mask_from_editor(value: Any, size: tuple[int, int], config: AppConfig) -> PI
     return mask
 
 
-_IMAGE_TAG = re.compile(r"<\s*image\s*(\d+)\s*>", re.IGNORECASE)
-
-
 def parse_interleaved(text: str, references: Sequence[PIL.Image.Image]) -> list[str | PIL.Image.Image]:
     """'Put <image1> on <image2>' -> ['Put ', ref1, ' on ', ref2] (tags count references from 1)."""
-    parts: list[str | PIL.Image.Image] = []
-    pos = 0
-    for m in _IMAGE_TAG.finditer(text):
-        if m.start() > pos:
-            parts.append(text[pos : m.start()])
-        idx = int(m.group(1))
-        if not 1 <= idx <= len(references):
-            raise UserError(f"the prompt refers to <image{idx}>, but {len(references)} reference image(s) were given.")
-        parts.append(references[idx - 1])
-        pos = m.end()
-    if pos < len(text):
-        parts.append(text[pos:])
-    return parts
+    try:
+        return _parse_interleaved(text, references, "prompt")
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err).replace("`prompt` refers", "the prompt refers")) from None
 
 
 def _reference_items(refs: Any) -> list[Any]:
@@ -471,6 +467,7 @@ class Engine:
         on_step: Callable[[int, int], None] | None = None,
     ) -> EditResult:
         cfg = self.config
+        deadline = time.monotonic() + cfg.request_timeout_s if cfg.request_timeout_s else None
         try:
             spec = get_method(method or self.default_method())
         except ValueError as err:
@@ -564,20 +561,33 @@ class Engine:
             kwargs.update(spec.hgs(bool(hgs), float(spec.hgs_strength if hgs_strength in (None, "") else _number(hgs_strength, "HGS strength", 0, 100))))
         elif hgs:
             notes.append(f"{spec.name} has no high-frequency guidance; HGS was not applied.")
-        if on_step is not None:
-            total = steps
+        total = steps
 
-            def callback(_pipe, i, _t, _kw):
+        def callback(_pipe, i, _t, _kw):
+            if on_step is not None:
                 on_step(i + 1, total)
-                return {}
+            if deadline is not None and time.monotonic() > deadline:  # checked every step: stops a long run cleanly
+                raise RequestTimeout(
+                    f"The request took longer than {cfg.request_timeout_s:g} s and was stopped after step {i + 1} of {total}. "
+                    "Use fewer steps or a smaller max side."
+                )
+            return {}
 
-            kwargs["callback_on_step_end"] = callback
+        kwargs["callback_on_step_end"] = callback
         t0 = time.perf_counter()
-        with self.cache.run_lock((spec.key, self.source(spec.key))):
-            try:
-                out = pipe.edit(request, **kwargs).images[0]
-            except (ValueError, TypeError) as err:
-                raise UserError(f"{spec.name} could not run this request: {err}") from None
+        lock = self.cache.run_lock((spec.key, self.source(spec.key)))
+        if not lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+            raise RequestTimeout(f"The server is busy: the model was not free within {cfg.request_timeout_s:g} s. Try again shortly.")
+        try:
+            out = pipe.edit(request, **kwargs).images[0]
+        except RequestTimeout:
+            raise
+        except NonFiniteError as err:
+            raise UserError(f"{spec.name} produced invalid numbers on this request: {err}") from None
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{spec.name} could not run this request: {err}") from None
+        finally:
+            lock.release()
         seconds = time.perf_counter() - t0
 
         result = EditResult(

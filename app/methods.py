@@ -7,9 +7,10 @@ switch maps to pipeline arguments, where its default checkpoint lives, and
 its task presets. A new pipeline plugs in by filling in its spec (or
 registering a new one with `register`); nothing else in the app changes.
 
-Only InstructCV has a pipeline today. The other specs describe the methods
-from the project specs so the UI can list them ("planned"); their presets
-and defaults are checked again when each pipeline lands.
+Every method has its pipeline; a method is available in the app when a
+checkpoint is configured for it (`--model KEY=PATH`) or the package ships
+its tiny model (`editkit/models/<method>-tiny`). A spec whose pipeline class
+does not import is listed as "planned".
 """
 
 from __future__ import annotations
@@ -116,15 +117,26 @@ class MethodSpec:
             return None
 
 
-def _instructcv_default() -> str | None:
-    from editkit.cli import default_model
+def _shipped(method: str) -> Callable[[], str | None]:
+    """The package's tiny model of `method`, when this install ships one."""
 
-    path = default_model()
-    return None if path is None else str(path)
+    def source() -> str | None:
+        from editkit.cli import default_model
+
+        path = default_model(method)
+        return None if path is None else str(path)
+
+    return source
 
 
 def _promptfix_hgs(on: bool, strength: float) -> dict[str, Any]:
-    return {"hgs_mode": "latent" if on else "off", "hgs_step": float(strength)}
+    """HGS on: the benchmarked corrector with its step size scaled by `strength` (1 = the default)."""
+    if not on:
+        return {"hgs_mode": "off"}
+    from editkit.hgs import HighFrequencyGuidance
+
+    base = HighFrequencyGuidance.recommended()
+    return {"hgs_mode": "latent", "hgs": HighFrequencyGuidance.recommended(step_size=base.step_size * float(strength))}
 
 
 INSTRUCTCV_PRESETS = (
@@ -154,7 +166,7 @@ register(
         guidance=7.5,
         image_guidance=1.5,
         presets=INSTRUCTCV_PRESETS,
-        default_source=_instructcv_default,
+        default_source=_shipped("instructcv"),
         description="Vision tasks (segment, detect, depth, classify) and edits as instruction-conditioned generation.",
     )
 )
@@ -179,7 +191,7 @@ register(
             FREE,
         ),
         hgs=_promptfix_hgs,
-        default_source=lambda: None,
+        default_source=_shipped("promptfix"),
         description="Low-level restoration and edits guided by an auxiliary description of the image's flaws.",
     )
 )
@@ -201,6 +213,7 @@ register(
             Preset("colourise", "Colourise this grey image."),
             FREE,
         ),
+        default_source=_shipped("pixwizard"),
         description="A generalist image-to-image model for vision, restoration and conditional generation tasks.",
     )
 )
@@ -219,6 +232,7 @@ register(
             Preset("subject-driven", "{label}", True, "the object from the reference on a beach"),
             FREE,
         ),
+        default_source=_shipped("unic"),
         description="Controllable generation from a condition image (edges, depth, subject) with task presets.",
         guidance_labels=("Prompt guidance", "Control guidance"),
     )
@@ -237,6 +251,7 @@ register(
             Preset("put on background", "Put the object of <image1> on the background of <image2>."),
             FREE,
         ),
+        default_source=_shipped("dream"),
         description="Text-image interleaved generation: refer to reference images as <image1>, <image2>, ...",
         guidance_labels=("Guidance", "Image guidance"),
     )

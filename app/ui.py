@@ -30,6 +30,7 @@ from .engine import (
     EditResult,
     Engine,
     UserError,
+    check_readable_path,
     load_user_image,
 )
 from .methods import METHODS, MethodSpec, get_method
@@ -46,7 +47,44 @@ CSS = """
 """
 
 
-def checked_image(**kwargs) -> gr.Image:
+def _payload_paths(obj: Any) -> list[str]:
+    """Every local file path inside a component's payload (FileData, editor layers, gallery items)."""
+    from gradio.data_classes import FileData
+    from pydantic import BaseModel
+
+    if isinstance(obj, FileData):
+        return [obj.path] if obj.path and not obj.path.startswith(("http://", "https://")) else []
+    if isinstance(obj, BaseModel):
+        return [p for name in type(obj).model_fields for p in _payload_paths(getattr(obj, name))]
+    if isinstance(obj, (list, tuple)):
+        return [p for item in obj for p in _payload_paths(item)]
+    if isinstance(obj, dict):
+        return [p for item in obj.values() for p in _payload_paths(item)]
+    return []
+
+
+def guard_paths(comp: gr.components.Component, roots: list[Path]) -> gr.components.Component:
+    """Refuse, before the component opens anything, payload files outside `roots` (the upload folder, the examples).
+
+    Defence in depth: Gradio already refuses API payload paths that were not
+    uploaded; this repeats the engine's own rule inside the component, so a
+    change in Gradio cannot silently widen what the app reads.
+    """
+    inner = comp.preprocess
+
+    def preprocess(payload):
+        for path in _payload_paths(payload):
+            try:
+                check_readable_path(path, roots, comp.label or "A file")
+            except UserError as err:
+                raise gr.Error(str(err)) from None
+        return inner(payload)
+
+    comp.preprocess = preprocess
+    return comp
+
+
+def checked_image(roots: list[Path] | None = None, **kwargs) -> gr.Image:
     """A `gr.Image` whose unreadable uploads reach the user as a clear message.
 
     (The check wraps the instance's `preprocess`; subclassing a Gradio
@@ -66,7 +104,7 @@ def checked_image(**kwargs) -> gr.Image:
             raise gr.Error(f"{comp.label}: the uploaded file is not an image (PNG, JPEG, WebP, ...).") from None
 
     comp.preprocess = preprocess
-    return comp
+    return guard_paths(comp, roots) if roots is not None else comp
 
 
 def _theme() -> gr.themes.Base:
@@ -173,6 +211,7 @@ def build_app(
                     )
                 status = gr.Markdown(_status_line(engine, first), elem_id="status")
                 source = checked_image(
+                    cfg.allowed_roots,
                     label="Source image",
                     type="filepath",
                     image_mode=None,
@@ -208,7 +247,7 @@ def build_app(
                         elem_id="auxiliary",
                     )
                     describe = gr.Button("Describe image", scale=1, visible=cfg.captioner is not None)
-                references = gr.Gallery(
+                references = guard_paths(gr.Gallery(
                     label=f"Reference images (up to {cfg.max_references})",
                     type="filepath",
                     file_types=["image"],
@@ -217,9 +256,9 @@ def build_app(
                     height=160,
                     visible=spec0.takes("references"),
                     elem_id="references",
-                )
+                ), cfg.allowed_roots)
                 with gr.Accordion("Mask (optional): paint where the edit may happen", open=False, visible=spec0.takes("mask")) as mask_box:
-                    mask = gr.ImageEditor(
+                    mask = guard_paths(gr.ImageEditor(
                         label="Mask",
                         type="pil",
                         image_mode="RGBA",
@@ -229,7 +268,7 @@ def build_app(
                         brush=gr.Brush(colors=["#ff3030"], color_mode="fixed"),
                         height=320,
                         elem_id="mask",
-                    )
+                    ), cfg.allowed_roots)
                 run = gr.Button("Run", variant="primary", interactive=engine.availability(first).ok, elem_id="run")
                 with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
                     with gr.Row():

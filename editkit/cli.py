@@ -1,6 +1,6 @@
 """The `editkit` command line.
 
-    editkit edit IMAGE "instruction" -o OUT [--model PATH_OR_ID] [--steps ...]
+    editkit edit IMAGE "instruction" -o OUT [--method instructcv|promptfix|pixwizard|unic|dream] [--model PATH_OR_ID] [--steps ...]
     editkit task segment|detect|depth|classify IMAGE [--label dog]
     editkit data shapes --tasks cv,edit --n 5000 --size 64 --split train --out DIR
     editkit eval --model DIR --method instructcv --tasks cv,edit --n 200 --split test [--heldout-phrasings]
@@ -21,56 +21,81 @@ from . import tasks
 SHIPPED_MODELS = Path(__file__).parent / "models"
 
 
-def default_model() -> Path | None:
-    """The small InstructCV model shipped inside the package, if this install has it."""
-    path = SHIPPED_MODELS / "instructcv-tiny"
+METHODS = ("instructcv", "promptfix", "pixwizard", "unic", "dream")
+
+
+def default_model(method: str = "instructcv") -> Path | None:
+    """The small model of `method` shipped inside the package (`editkit/models/<method>-tiny`), if this install has it."""
+    path = SHIPPED_MODELS / f"{method}-tiny"
     return path if (path / "model_index.json").is_file() else None
 
 
-def _load_pipeline(model: str | None, device: str | None, dtype: str):
+def _load_pipeline(model: str | None, device: str | None, dtype: str, method: str = "instructcv"):
     import torch
 
-    from editkit.pipelines import InstructCVPipeline
+    from editkit.pipelines import pipeline_class
 
+    cls = pipeline_class(method)
     if model is None:
-        shipped = default_model()
+        shipped = default_model(method)
         if shipped is None:
-            raise SystemExit(
-                "error: no default model is shipped with this install yet; pass --model PATH_OR_ID "
-                "(a diffusers InstructPix2Pix/InstructCV folder, e.g. alaa-lab/InstructCV)."
-            )
+            raise SystemExit(f"error: no default {method} model is shipped with this install; pass --model PATH_OR_ID.")
         model = str(shipped)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     try:
-        pipe = InstructCVPipeline.from_pretrained(model, torch_dtype=torch_dtype)
+        pipe = cls.from_pretrained(model, torch_dtype=torch_dtype)
     except (OSError, ValueError) as err:
-        raise SystemExit(f"error: cannot load --model {model}: {err}") from None
+        raise SystemExit(f"error: cannot load --model {model} as a {cls.__name__}: {err}") from None
     return pipe.to(device)
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the shipped tiny model)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's recommended)")
-    p.add_argument("--guidance", type=float, default=7.5, help="text guidance scale")
-    p.add_argument("--image-guidance", type=float, default=1.5, help="image guidance scale")
+    p.add_argument("--method", default="instructcv", choices=METHODS, help="which pipeline (default: instructcv)")
+    p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the method's shipped tiny model)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the method's)")
+    p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the method's)")
+    p.add_argument("--image-guidance", type=float, default=None, help="image guidance scale (default: the method's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-side", type=int, default=512, help="bound on the working resolution's long side")
+    p.add_argument("--max-side", type=int, default=None, help="bound on the working resolution's long side")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The sampling options the user gave, checked (editkit.validation) before any model loads.
+
+    An option the chosen method's pipeline does not take is an error, not silently dropped."""
+    import inspect
+
     import torch
 
-    kw = {
-        "guidance_scale": args.guidance,
-        "image_guidance_scale": args.image_guidance,
-        "max_side": args.max_side,
-        "generator": torch.Generator().manual_seed(args.seed),
-    }
+    from editkit.pipelines import pipeline_class
+
+    from .validation import check_int, check_number
+
+    given = {"num_inference_steps": args.steps, "guidance_scale": args.guidance,
+             "image_guidance_scale": args.image_guidance, "max_side": args.max_side}
+    flags = {"num_inference_steps": "--steps", "guidance_scale": "--guidance",
+             "image_guidance_scale": "--image-guidance", "max_side": "--max-side"}
     if args.steps is not None:
-        kw["num_inference_steps"] = args.steps
+        check_int(args.steps, "--steps", 1, 10_000)
+    if args.guidance is not None:
+        check_number(args.guidance, "--guidance")
+    if args.image_guidance is not None:
+        check_number(args.image_guidance, "--image-guidance")
+    if args.max_side is not None:
+        check_int(args.max_side, "--max-side", 8)
+    check_int(args.seed, "--seed", 0, 2**63 - 1)
+    accepted = inspect.signature(pipeline_class(args.method).__call__).parameters
+    kw = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in accepted:
+            raise ValueError(f"`{flags[name]}` does not apply to --method {args.method}.")
+        kw[name] = value
+    kw["generator"] = torch.Generator().manual_seed(args.seed)
     return kw
 
 
@@ -78,8 +103,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from .conditioning import EditRequest
 
     request = EditRequest(args.instruction, image=args.image, mask=args.mask).validated()
-    pipe = _load_pipeline(args.model, args.device, args.dtype)
-    out = pipe.edit(request, **_sampling_kwargs(args)).images[0]
+    kwargs = _sampling_kwargs(args)
+    pipe = _load_pipeline(args.model, args.device, args.dtype, args.method)
+    out = pipe.edit(request, **kwargs).images[0]
     out_path = Path(args.output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out.save(out_path)
@@ -112,14 +138,20 @@ def _write_task_result(result, stem: str, out_dir: Path, pos: str) -> list[Path]
 
 def cmd_task(args: argparse.Namespace) -> int:
     from .images import load_image
+    from .validation import check_text
 
     codec = tasks.get_task(args.task)
     if codec.needs_label and not args.label:
         raise SystemExit(f"error: `editkit task {codec.name}` needs --label (the class to look for).")
+    if args.label is not None:
+        check_text(args.label, "--label", max_chars=200)
     image_path = Path(args.image)
     image = load_image(image_path)
+    if args.method != "instructcv":
+        raise SystemExit("error: `editkit task` decodes InstructCV's output encodings; use --method instructcv.")
+    kwargs = _sampling_kwargs(args)
     pipe = _load_pipeline(args.model, args.device, args.dtype)
-    result = pipe.run_task(codec.name, image, args.label, pos=args.pos, neg=args.neg, **_sampling_kwargs(args))
+    result = pipe.run_task(codec.name, image, args.label, pos=args.pos, neg=args.neg, **kwargs)
     slug = "".join(c if c.isalnum() else "_" for c in (args.label or ""))
     stem = f"{image_path.stem}.{codec.name}" + (f"-{slug}" if slug else "")
     out_dir = Path(args.out_dir) if args.out_dir else image_path.parent
@@ -188,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # editkit.numerics.NonFiniteError: fp16 overflow while sampling
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

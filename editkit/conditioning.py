@@ -25,6 +25,7 @@ import PIL.Image
 import torch
 
 from .images import ImageInput, load_image, load_mask
+from .validation import MAX_INSTRUCTION_CHARS, check_image_tags, check_text
 
 InterleavedPrompt = list[Union[str, ImageInput]]
 
@@ -49,19 +50,33 @@ class EditRequest:
     task: str | None = None
 
     def validated(self) -> "EditRequest":
-        """Return a copy with images loaded as RGB PIL and every field checked."""
+        """Return a copy with images loaded as RGB PIL and every field checked.
+
+        Checks (each error names the field): the instruction is non-empty text
+        (at most `validation.MAX_INSTRUCTION_CHARS`) or an interleaved list of
+        text and images with some text; <imageN> tags in a text instruction name
+        one of `references`; images load (`images.load_image`); the mask has the
+        image's size; `auxiliary_prompt` and `task` are strings.
+        """
+        if self.references is not None and not isinstance(self.references, (list, tuple)):
+            raise TypeError(f"`references` must be a list of images, got {type(self.references).__name__}.")
         instruction = self.instruction
         if isinstance(instruction, str):
-            if not instruction.strip():
-                raise ValueError("`instruction` is empty; say what to do, e.g. 'make it snowy'.")
+            check_text(instruction, "instruction")
+            check_image_tags(instruction, len(self.references or []), "instruction")
         elif isinstance(instruction, (list, tuple)):
             if not instruction:
                 raise ValueError("`instruction` is an empty interleaved prompt; give text and/or images.")
             parts: list = []
             for i, part in enumerate(instruction):
-                parts.append(part if isinstance(part, str) else load_image(part, f"instruction[{i}]"))
+                if isinstance(part, str):
+                    parts.append(check_text(part, f"instruction[{i}]", allow_empty=True))
+                else:
+                    parts.append(load_image(part, f"instruction[{i}]"))
             if not any(isinstance(p, str) and p.strip() for p in parts):
                 raise ValueError("`instruction` has no text; an interleaved prompt needs at least one text part.")
+            if sum(len(p) for p in parts if isinstance(p, str)) > MAX_INSTRUCTION_CHARS:
+                raise ValueError(f"`instruction` has more than {MAX_INSTRUCTION_CHARS} characters of text.")
             instruction = parts
         else:
             raise TypeError(f"`instruction` must be a string or a list of strings and images, got {type(instruction).__name__}.")
@@ -72,8 +87,10 @@ class EditRequest:
             if image is None:
                 raise ValueError("`mask` was given without an `image` to apply it to.")
             mask = load_mask(self.mask, image.size, "mask")
-        if self.auxiliary_prompt is not None and not isinstance(self.auxiliary_prompt, str):
-            raise TypeError(f"`auxiliary_prompt` must be a string, got {type(self.auxiliary_prompt).__name__}.")
+        if self.auxiliary_prompt is not None:
+            check_text(self.auxiliary_prompt, "auxiliary_prompt")
+        if self.task is not None and not isinstance(self.task, str):
+            raise TypeError(f"`task` must be a string naming a task preset, got {type(self.task).__name__}.")
         return replace(self, instruction=instruction, image=image, references=references, mask=mask)
 
     @property

@@ -37,10 +37,24 @@ def encode_clip_text(tokenizer, text_encoder, prompts: list[str], device: torch.
     return states.to(dtype=model.dtype, device=device)
 
 
+def _posterior(vae, pixels: torch.Tensor):
+    # under model CPU offload the VAE sits on the CPU until encode() moves it: keep the caller's device then
+    device = pixels.device if hasattr(vae, "_hf_hook") else vae.device
+    return vae.encode(pixels.to(device=device, dtype=vae.dtype)).latent_dist
+
+
 def vae_encode_mode(vae, pixels: torch.Tensor) -> torch.Tensor:
     """Posterior mode of `pixels` in [-1, 1], **unscaled** (the IP2P conditioning convention)."""
-    pixels = pixels.to(device=vae.device, dtype=vae.dtype)
-    return vae.encode(pixels).latent_dist.mode()
+    return _posterior(vae, pixels).mode()
+
+
+def vae_encode_scaled(vae, pixels: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Diffusion-space latents `(z - shift) * scaling` of pixels in [-1, 1] (the DiT methods' convention):
+    z is the posterior mode, or a sample drawn with `generator`."""
+    dist = _posterior(vae, pixels)
+    z = dist.sample(generator) if sample else dist.mode()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (z - shift) * vae.config.scaling_factor
 
 
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:

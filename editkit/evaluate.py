@@ -47,14 +47,15 @@ Determinism
 Methods
     A pipeline is driven through an adapter, `ADAPTERS[method](pipe, samples,
     seeds=..., steps=..., guidance=..., image_guidance=...) -> list of images`;
-    add one function per method (PromptFix, PixWizard, UNIC-Adapter, Dream
-    Engine) as their pipelines land. Any other callable
+    each method's adapter lives beside its pipeline in `editkit.pipelines`.
+    Any other callable
     `fn(instructions, sources, samples) -> images` can be evaluated directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -351,18 +352,30 @@ def _instructcv(pipe: Any, samples: list[Sample], *, seeds: list[int], steps: in
     ).images
 
 
+def _adapter_in(module: str, name: str) -> Callable[..., list[Any]]:
+    """A method's adapter lives beside its pipeline; import it only when that method is evaluated."""
+
+    def adapter(pipe: Any, samples: list[Sample], **kwargs: Any) -> list[Any]:
+        return getattr(importlib.import_module(f"editkit.pipelines.{module}"), name)(pipe, samples, **kwargs)
+
+    adapter.__name__ = f"{module}.{name}"
+    return adapter
+
+
 # method -> adapter(pipe, samples, *, seeds, steps, guidance, image_guidance) -> images (one per sample)
-ADAPTERS: dict[str, Callable[..., list[Any]]] = {"instructcv": _instructcv}
-PLANNED_METHODS = ("promptfix", "pixwizard", "unic", "dream")
+ADAPTERS: dict[str, Callable[..., list[Any]]] = {
+    "instructcv": _instructcv,
+    "promptfix": _adapter_in("promptfix", "evaluate_adapter"),
+    "pixwizard": _adapter_in("pixwizard", "evaluate_adapter"),
+    "unic": _adapter_in("unic", "evaluate_adapter"),
+    "dream": _adapter_in("dream", "evaluate_adapter"),
+}
 CUSTOM = "custom"  # a plain callable fn(instructions, sources, samples) -> images
 
 
 def check_method(method: str) -> str:
     if method in ADAPTERS or method == CUSTOM:
         return method
-    if method in PLANNED_METHODS:
-        raise ValueError(f"`method` {method!r} has no evaluation adapter yet (its pipeline is planned); "
-                         f"available: {sorted(ADAPTERS)}.")
     raise ValueError(f"`method` must be one of {sorted(ADAPTERS)} (or {CUSTOM!r} for a plain callable); got {method!r}.")
 
 
@@ -628,8 +641,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.baselines_only:
         from .cli import _load_pipeline, default_model
 
-        pipe = _load_pipeline(args.model, args.device, args.dtype)  # exits with a clear message if no model
-        model_name = str(args.model if args.model is not None else default_model())
+        pipe = _load_pipeline(args.model, args.device, args.dtype, method)  # exits with a clear message if no model
+        model_name = str(args.model if args.model is not None else default_model(method))
     results = evaluate(pipe, method, args.tasks, args.n, split=args.split, size=args.size, seed=args.seed,
                        heldout=args.heldout_phrasings, steps=args.steps, guidance=args.guidance,
                        batch_size=args.batch_size, progress=not args.no_progress,

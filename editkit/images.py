@@ -84,7 +84,7 @@ def load_image(image: ImageInput, name: str = "image", max_pixels: int = MAX_PIX
     """Return `image` as an 8-bit RGB PIL image with EXIF orientation applied.
 
     Accepts a path, a PIL image, a numpy array (HxW[xC] uint8/uint16/bool or
-    float in [0, 1]) or a tensor (CxHxW or HxWxC, float in [0, 1]).
+    float in [0, 1]) or a tensor (CxHxW or HxWxC, float in [0, 1], uint8 or bool).
     `name` is the argument name used in error messages.
     """
     if isinstance(image, (str, os.PathLike)):
@@ -92,7 +92,10 @@ def load_image(image: ImageInput, name: str = "image", max_pixels: int = MAX_PIX
         if not path.is_file():
             raise FileNotFoundError(f"`{name}`: no such file: {path}")
         try:
-            with PIL.Image.open(path) as opened:
+            # Opened from a file object, not a path: Pillow then never memory-maps the pixels. Its
+            # mmap path (uncompressed TIFF in L, P, RGBA, CMYK, I;16) skips the EXIF rotation it
+            # applies to every other TIFF, so the same file would come out rotated or not by mode.
+            with open(path, "rb") as fh, PIL.Image.open(fh) as opened:
                 # Reject bombs before decoding the pixels.
                 w, h = opened.size
                 if w * h > max_pixels:
@@ -114,7 +117,10 @@ def load_image(image: ImageInput, name: str = "image", max_pixels: int = MAX_PIX
     elif isinstance(image, PIL.Image.Image):
         pil = image
     elif isinstance(image, torch.Tensor):
-        arr = image.detach().to("cpu", torch.float32).numpy()
+        if not (image.is_floating_point() or image.dtype in (torch.uint8, torch.bool)):
+            raise TypeError(f"`{name}` tensor has dtype {image.dtype}; expected float in [0, 1], uint8 or bool.")
+        arr = image.detach().cpu()
+        arr = (arr.float() if arr.is_floating_point() else arr).numpy()  # uint8 tensors keep 0..255
         if arr.ndim == 4 and arr.shape[0] == 1:
             arr = arr[0]
         pil = _array_to_pil(arr, name)

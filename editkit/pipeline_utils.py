@@ -16,6 +16,7 @@ from diffusers.utils import BaseOutput
 
 from .conditioning import EditRequest
 from .images import ImageInput, load_image, tensor_to_pil
+from .validation import check_prompts
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -30,14 +31,7 @@ class EditPipelineOutput(BaseOutput):
 
 def broadcast_batch(prompt: str | list[str], image: ImageInput | list[ImageInput]) -> tuple[list[str], list[PIL.Image.Image]]:
     """Pair prompts with images: equal lengths, or one side of length 1 repeated."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
-    if prompts is None or not all(isinstance(p, str) for p in prompts):
-        raise TypeError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}.")
-    if not prompts:
-        raise ValueError("`prompt` is an empty list.")
-    for i, p in enumerate(prompts):
-        if not p.strip():
-            raise ValueError(f"`prompt`[{i}] is empty; give an instruction such as 'segment the dog'.")
+    prompts = check_prompts(prompt, "prompt")
     images_in = list(image) if isinstance(image, (list, tuple)) else [image]
     if not images_in:
         raise ValueError("`image` is an empty list.")
@@ -76,8 +70,18 @@ def step_kwargs(scheduler, generator: torch.Generator | list[torch.Generator] | 
     return kwargs
 
 
-def check_model_dir(path: str | os.PathLike, required: tuple[str, ...]) -> None:
-    """Fail early, with the missing parts named, when a local pipeline folder is incomplete."""
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def check_model_dir(path: str | os.PathLike, required: tuple[str, ...], allow_pickle: bool = False) -> None:
+    """Fail early, with the missing parts named, when a local pipeline folder is incomplete.
+
+    Weights are read from safetensors only: a component folder holding pickle
+    weights (.bin, .pt, ...) but no .safetensors file is refused unless
+    `allow_pickle` (the caller passed `use_safetensors=False`), because
+    unpickling can run code. Convert such folders once with `editkit.convert`.
+    Pipelines pass `use_safetensors=True` to diffusers by default for the same reason.
+    """
     root = Path(path)
     if not root.exists():
         return  # a hub id: diffusers resolves it (or explains why it cannot, offline)
@@ -89,6 +93,31 @@ def check_model_dir(path: str | os.PathLike, required: tuple[str, ...]) -> None:
     missing = [c for c in required if c not in index or not (root / c).is_dir()]
     if missing:
         raise ValueError(f"model folder {root} is missing component(s) {missing}; expected {list(required)}.")
+    if allow_pickle:
+        return
+    for comp in sorted(c for c in index if not c.startswith("_") and (root / c).is_dir()):
+        files = [f for f in (root / comp).iterdir() if f.is_file()]
+        pickled = [f.name for f in files if f.name.endswith(PICKLE_WEIGHT_SUFFIXES)]
+        if pickled and not any(f.name.endswith(".safetensors") for f in files):
+            raise ValueError(
+                f"model folder {root}: component '{comp}' has only pickle weights {pickled}; editkit loads "
+                "safetensors only, because unpickling can run code. Convert it (editkit.convert.load_state_dict + "
+                "save_state_dict, or save_pretrained(safe_serialization=True)), or pass use_safetensors=False "
+                "if you trust the source."
+            )
+
+
+def safe_loading_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`from_pretrained` kwargs that read safetensors only, unless the caller passed `use_safetensors=False`.
+
+    diffusers' default (`None`) silently falls back to pickle files when a
+    component has no safetensors; `True` makes that an error instead.
+    `False` (the caller trusts the source) becomes diffusers' `None`: safetensors
+    where present, pickle (unpickled with weights_only=True) elsewhere.
+    """
+    if kwargs.get("use_safetensors", True) is False:
+        return {**kwargs, "use_safetensors": None}
+    return {**kwargs, "use_safetensors": True}
 
 
 class EditPipelineMixin:
@@ -99,6 +128,17 @@ class EditPipelineMixin:
     """
 
     request_fields: tuple[str, ...] = ("instruction", "image")
+    # components a local model folder must have (checked before diffusers loads anything)
+    required_components: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' loader, reading safetensors only unless `use_safetensors=False` is passed.
+
+        The mixin comes first in each pipeline's bases so that this runs before `DiffusionPipeline.from_pretrained`."""
+        kwargs = safe_loading_kwargs(kwargs)
+        check_model_dir(pretrained_model_name_or_path, cls.required_components, allow_pickle=kwargs["use_safetensors"] is None)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     def request_kwargs(self, request: EditRequest) -> dict[str, Any]:
         raise NotImplementedError
@@ -113,3 +153,9 @@ class EditPipelineMixin:
         if unsupported:
             raise ValueError(f"{type(self).__name__} does not take {unsupported}; it takes {list(self.request_fields)}.")
         return self(**self.request_kwargs(request), **kwargs)
+
+    def set_attention_backend(self, name: str, *, strict: bool = False) -> dict[str, Any]:
+        """Switch all attention in this pipeline to "sdpa", "xformers" or "auto" (see `editkit.attention`)."""
+        from .attention import set_attention_backend
+
+        return set_attention_backend(self, name, strict=strict)

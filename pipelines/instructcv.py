@@ -31,15 +31,16 @@ from editkit.correctors import StepCorrector, StepState, apply_after, apply_befo
 from editkit.encoders import encode_clip_text, vae_decode, vae_encode_mode
 from editkit.guidance import IP2P_GUIDANCE, guided_prediction
 from editkit.images import ImageInput, load_mask, pil_to_tensor, plan_size, resize_input, resize_output
+from editkit.numerics import check_finite
 from editkit.pipeline_utils import (
     EditPipelineMixin,
     EditPipelineOutput,
     broadcast_batch,
-    check_model_dir,
     check_output_type,
     format_images,
     step_kwargs,
 )
+from editkit.validation import check_sampling_args, check_tensor
 
 DEFAULT_MAX_SIDE = 512
 
@@ -77,7 +78,7 @@ class TaskResult:
     image: PIL.Image.Image
 
 
-class InstructCVPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, EditPipelineMixin):
+class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components: list[str] = []
     _callback_tensor_inputs = ["latents", "prompt_embeds", "image_latents"]
@@ -105,10 +106,7 @@ class InstructCVPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Edit
         # latent sides must survive every UNet downsampling
         self.size_multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        check_model_dir(pretrained_model_name_or_path, ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+    required_components = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
     def request_kwargs(self, request: EditRequest) -> dict[str, Any]:
         if request.image is None:
@@ -184,10 +182,7 @@ class InstructCVPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Edit
                 may return a dict replacing "latents", "prompt_embeds" or "image_latents".
         """
         check_output_type(output_type)
-        if num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"`num_images_per_prompt` must be >= 1, got {num_images_per_prompt}.")
+        check_sampling_args(num_inference_steps, num_images_per_prompt, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale, eta=eta)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
@@ -220,8 +215,8 @@ class InstructCVPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Edit
         shape = (batch, self.vae.config.latent_channels, plan.work_height // self.vae_scale_factor, plan.work_width // self.vae_scale_factor)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape}.")
+        else:
+            check_tensor(latents, "latents", shape)
         latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
         extra = step_kwargs(self.scheduler, generator, eta)
         source = pixels.to(device).repeat_interleave(num_images_per_prompt, dim=0) if correctors else None
@@ -249,7 +244,7 @@ class InstructCVPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Edit
                 noise_pred = guided_prediction(self.guidance, scales, cond, model_input, forward)
                 if correctors:
                     noise_pred = apply_after(correctors, state, model_latents, noise_pred)
-                latents = self.scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
+                latents = check_finite(self.scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0], "latents", i)
 
                 if callback_on_step_end is not None:
                     available = {
@@ -272,7 +267,7 @@ class InstructCVPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin, Edit
         if output_type == "latent":
             result = latents
         else:
-            decoded = vae_decode(self.vae, latents)
+            decoded = check_finite(vae_decode(self.vae, latents), "the VAE-decoded image")
             result = (decoded.float() / 2 + 0.5).clamp(0, 1)
             result = resize_output(result, plan.out_width, plan.out_height)
             if mask_t is not None:

@@ -1,5 +1,6 @@
 """The app's engine without a browser: requests, decoding, the model cache, bad input, path safety."""
 
+import dataclasses
 import os
 import threading
 
@@ -219,9 +220,12 @@ def test_methods_without_a_checkpoint_or_pipeline_say_so(model_dir, tmp_path):
     missing = availability(spec, str(tmp_path / "nowhere"))
     assert not missing.ok and "not a diffusers pipeline folder" in missing.message
     assert availability(spec, "alaa-lab/InstructCV").ok  # hub id: tried when first used
-    for key in ("promptfix", "pixwizard", "unic", "dreamengine"):
-        a = availability(get_method(key), "some/checkpoint")
-        assert not a.ok and "planned" in a.message
+    for key in ("promptfix", "pixwizard", "unic", "dreamengine"):  # every method has its pipeline now
+        assert get_method(key).pipeline_class() is not None
+        assert availability(get_method(key), "some/checkpoint").ok
+    planned = dataclasses.replace(spec, key="future", name="Future", pipeline="editkit.pipelines:FuturePipeline")
+    a = availability(planned, "some/checkpoint")
+    assert not a.ok and "planned" in a.message
     eng = Engine(AppConfig(sources={"instructcv": None}))
     assert eng.available_methods() == []
     with pytest.raises(UserError, match="no checkpoint is configured"):

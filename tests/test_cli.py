@@ -67,7 +67,7 @@ def test_task_writes_decoded_results_beside_the_image(model_dir, photo, task, la
 
 
 def test_clear_errors(model_dir, photo, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "default_model", lambda: None)
+    monkeypatch.setattr(cli, "default_model", lambda method="instructcv": None)
     with pytest.raises(SystemExit, match="pass --model"):
         cli.main(["edit", str(photo), "x", "-o", str(tmp_path / "o.png")])
     with pytest.raises(SystemExit, match="needs --label"):

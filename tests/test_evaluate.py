@@ -140,7 +140,6 @@ def test_same_seed_gives_identical_json_and_the_seed_matters(pipe, tmp_path):
         (dict(n=-3), "`n` must be a positive integer"),
         (dict(n=2.5), "`n` must be a positive integer"),
         (dict(method="dalle"), "`method` must be one of"),
-        (dict(method="pixwizard"), "no evaluation adapter yet"),
         (dict(size=16), "too small"),
         (dict(split="dev"), "`split` must be one of"),
         (dict(steps=0), "`steps` must be a positive integer"),
@@ -189,6 +188,6 @@ def test_cli_eval_baselines_only_and_errors(tmp_path, capsys, monkeypatch):
     assert cli.main(["eval", "--baselines-only", "--n", "0", "--out", str(out)]) == 2
     assert cli.main(["eval", "--method", "sdxl", "--n", "1", "--out", str(out)]) == 2
     assert "`method` must be one of" in capsys.readouterr().err
-    monkeypatch.setattr(cli, "default_model", lambda: None)
-    with pytest.raises(SystemExit, match="no default model"):
+    monkeypatch.setattr(cli, "default_model", lambda method="instructcv": None)
+    with pytest.raises(SystemExit, match="no default instructcv model"):
         cli.main(["eval", "--tasks", "segment", "--n", "1", "--out", str(out)])

@@ -41,6 +41,7 @@ class LatentCache:
 
     def __init__(self, dataset, method, collate, device, chunk: int = 64, num_workers: int = 0):
         self.instructions: list[str] = []
+        self.auxiliary: list[str] = []  # auxiliary prompts, for methods whose collate returns them (PromptFix)
         parts: dict[str, list[torch.Tensor]] = {}
         # in index order; workers only generate and collate (a sample depends on its index alone)
         chunks = DataLoader(dataset, batch_size=chunk, shuffle=False, collate_fn=collate, num_workers=num_workers)
@@ -49,6 +50,7 @@ class LatentCache:
             for k, v in enc.items():
                 parts.setdefault(k, []).append(v.cpu())
             self.instructions += list(batch["instruction"])
+            self.auxiliary += list(batch.get("auxiliary_prompt", []))
         self.tensors = {k: torch.cat(v) for k, v in parts.items()}
 
     def batch(self, indices: list[int], device) -> dict:
@@ -56,6 +58,7 @@ class LatentCache:
         return {
             "index": idx,
             "instruction": [self.instructions[i] for i in indices],
+            **({"auxiliary_prompt": [self.auxiliary[i] for i in indices]} if self.auxiliary else {}),
             "latents": {k: v[idx].to(device) for k, v in self.tensors.items()},
         }
 

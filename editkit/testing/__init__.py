@@ -35,15 +35,23 @@ def tiny_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     vocab.update({s + "</w>": i + 256 for i, s in enumerate(symbols)})
     vocab["<|startoftext|>"] = 512
     vocab["<|endoftext|>"] = 513
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        tok = CLIPTokenizer(
-            vocab_file=str(Path(tmp) / "vocab.json"),
-            merges_file=str(Path(tmp) / "merges.txt"),
-            model_max_length=model_max_length,
-            pad_token="<|endoftext|>",
-        )
+    try:
+        # transformers 5.x: in-memory vocab (its file-path arguments silently give a 2-token vocabulary)
+        tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, pad_token="<|endoftext|>")
+    except TypeError:
+        tok = None
+    if tok is None or len(tok) != len(vocab):
+        with tempfile.TemporaryDirectory() as tmp:  # transformers 4.x: file paths
+            (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+            (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+            tok = CLIPTokenizer(
+                vocab_file=str(Path(tmp) / "vocab.json"),
+                merges_file=str(Path(tmp) / "merges.txt"),
+                model_max_length=model_max_length,
+                pad_token="<|endoftext|>",
+            )
+    if len(tok) != len(vocab):
+        raise RuntimeError(f"tiny CLIP tokenizer has {len(tok)} tokens, expected {len(vocab)}: this transformers version builds it differently")
     return tok
 
 

@@ -4,6 +4,19 @@ A checkpoint is written to `checkpoint-N.tmp-<pid>` and renamed to
 `checkpoint-N` only once complete, so a crash mid-write never leaves a folder
 that looks complete. `meta.json` records the step and a fingerprint of the
 model setup, so a resume into a different model fails before any step runs.
+
+Crash safety (tests/test_crash_resume.py kills the trainer with SIGKILL):
+- `meta.json` is written last, inside the temporary folder; only folders named
+  exactly `checkpoint-N` *with* a `meta.json` count, so a half-written one is
+  never picked as latest.
+- a folder being replaced or pruned is first renamed to `*.trash-<pid>`
+  (atomic), then deleted: a crash mid-delete leaves no half-deleted folder
+  that still looks complete.
+- leftovers (`*.tmp-*`, `*.trash-*`) are removed by the next save.
+
+`EDITKIT_TEST_PAUSE=<where>:<step>` (tests only; where = "checkpoint" or
+"step") makes the trainer stop at that point, write `paused-<where>-<step>`
+into the output folder and sleep, so a test can kill it at a known place.
 """
 
 from __future__ import annotations
@@ -13,15 +26,26 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 META = "meta.json"
 
 
+def _public(obj):
+    """Drop private keys such as diffusers' `_use_default_values`: a list built from a set, whose
+    order changes with the interpreter's hash seed, so it would differ between the run and its resume."""
+    if isinstance(obj, dict):
+        return {k: _public(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [_public(v) for v in obj]
+    return obj
+
+
 def fingerprint(parts: dict) -> str:
     """A short hash of what must match for a resume to make sense (method, model sizes)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_public(parts), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -69,6 +93,23 @@ def check_compatible(path: Path, expected_fingerprint: str) -> dict:
     return meta
 
 
+def pause_for_test(where: str, step: int, output_dir: str | Path) -> None:
+    """Stop here when `EDITKIT_TEST_PAUSE` is "<where>:<step>" (crash tests); a no-op otherwise."""
+    if os.environ.get("EDITKIT_TEST_PAUSE") != f"{where}:{step}":
+        return
+    marker = Path(output_dir) / f"paused-{where}-{step}"
+    marker.write_text(str(os.getpid()))
+    time.sleep(float(os.environ.get("EDITKIT_TEST_PAUSE_SECONDS", "600")))
+
+
+def _discard(path: Path) -> None:
+    """Delete a folder so that no crash can leave it half-deleted under its own name."""
+    trash = path.with_name(f"{path.name}.trash-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)  # a leftover of an earlier crash with the same pid
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, meta: dict, keep: int) -> Path:
     """Write accelerate state + meta atomically, then prune to the newest `keep`."""
     root = Path(output_dir)
@@ -79,15 +120,16 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, meta: dict, 
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
+        pause_for_test("checkpoint", step, root)
         (tmp / META).write_text(json.dumps({**meta, "step": step}, indent=1))
         _fsync_dir(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         _fsync_dir(root)
         for _, old in list_checkpoints(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for stale in root.glob("checkpoint-*.tmp-*"):
+            _discard(old)
+        for stale in [*root.glob("checkpoint-*.tmp-*"), *root.glob("checkpoint-*.trash-*")]:
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final

@@ -29,6 +29,7 @@ DEFAULTS: dict = {
         },
         "train_text_encoder": False,
         "train_vae": False,
+        "options": {},  # method-specific settings, read by the method's plugin (free-form)
     },
     "data": {
         "source": "shapes",  # shapes | folder | datasets
@@ -85,7 +86,7 @@ def _flat_keys(cfg: dict, prefix: str = "") -> list[str]:
 
 def _check_keys(cfg: DictConfig, where: str) -> None:
     valid = _flat_keys(DEFAULTS)
-    free = ("train.lora.target_modules", "data.bucket_sizes")  # lists
+    free = ("train.lora.target_modules", "data.bucket_sizes", "model.options")  # lists; plugin-owned options
     for key in _flat_keys(OmegaConf.to_container(cfg)):
         if key in valid or any(key.startswith(f + ".") for f in free):
             continue

@@ -56,7 +56,8 @@ class ShapesPairs(Dataset):
 
         t = len(self.tasks)
         s = make_sample(self.tasks[i % t], self.split, i // t, self.size, seed=self.seed, heldout=self.heldout)
-        return {"index": i, "source": s.source, "target": s.target, "instruction": s.instruction, "auxiliary_prompt": s.auxiliary_prompt, "task": s.task}
+        return {"index": i, "source": s.source, "target": s.target, "instruction": s.instruction, "auxiliary_prompt": s.auxiliary_prompt, "task": s.task,
+                "references": list(s.references)}
 
 
 class FolderPairs(Dataset):

@@ -62,7 +62,7 @@ def calibrate_scaling(vae, pixels: torch.Tensor, chunk: int = 64) -> float:
     """
     was_training = vae.training
     vae.eval()
-    means = torch.cat([vae.encode(pixels[i : i + chunk]).latent_dist.mean for i in range(0, len(pixels), chunk)])
+    means = torch.cat([vae.encode(pixels[i : i + chunk].to(vae.device, vae.dtype)).latent_dist.mean.float() for i in range(0, len(pixels), chunk)])
     vae.train(was_training)
     factor = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=factor)

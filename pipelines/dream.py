@@ -1,0 +1,345 @@
+"""Dream Engine: text-image interleaved control of an SD3 MM-DiT through Qwen2-VL.
+
+SD3's text encoders are replaced by a multimodal LLM (Qwen2-VL, or
+Qwen2.5-VL): the prompt is raw task-prefixed text with the images inline,
+the LMM's last-layer states go through adapter 1 into joint attention and
+their mean through adapter 2 into the timestep embedding
+(`DreamTransformer2DModel`, a stock SD3 transformer with those two modules
+swapped). Images reach the DiT only through the LMM's vision tokens.
+
+Two-way CFG, `v = v_null + g (v_cond - v_null)`, batched [cond, null]; the
+null prompt drops the text and keeps the images (per task, see
+`editkit.modeling.dream_encoder`). Cond and null are padded to the longer of
+the two, so image tokens are never truncated. Sampling is rectified-flow
+Euler (`FlowMatchEulerDiscreteScheduler`, shift 3): the DiT gets
+t = sigma * 1000 and predicts noise - x0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import Qwen2VLModel
+
+from editkit.conditioning import Condition, Conditioning, EditRequest
+from editkit.encoders import vae_decode
+from editkit.guidance import Branch, GuidanceRule, Term, guided_prediction
+from editkit.images import ImageInput, load_image, plan_size, resize_output
+from editkit.modeling.dream_adapter import DreamTransformer2DModel, pool_states
+from editkit.modeling.dream_encoder import (
+    DreamPrompt,
+    Qwen2VLImageProcessorOnly,
+    encode_prompts,
+    interleave_references,
+    lmm_hidden_size,
+    task_prompts,
+)
+from editkit.numerics import check_finite
+from editkit.pipeline_utils import EditPipelineMixin, EditPipelineOutput, check_output_type, format_images
+
+# v = null + g (full - null); the null keeps the task prefix and the images.
+DREAM_GUIDANCE = GuidanceRule(
+    branches=(Branch("full"), Branch("null", frozenset({"text"}))),
+    base=(("null", 1.0),),
+    terms=(Term("guidance_scale", "full", "null"),),
+)
+
+TASKS = ("generate", "copy", "edit", "combine", "interleaved")
+
+
+def build_conditioning(states: torch.Tensor, null_states: torch.Tensor, dtype: torch.dtype) -> Conditioning:
+    """LMM states and their mean, both in group "text"; the trainer builds them with this same function."""
+    return Conditioning(
+        {
+            "encoder_hidden_states": Condition(states.to(dtype), null_states.to(dtype), "text"),
+            "pooled_projections": Condition(pool_states(states).to(dtype), pool_states(null_states).to(dtype), "text"),
+        }
+    )
+
+
+def transformer_forward(transformer: DreamTransformer2DModel, latent_input: torch.Tensor, cond: dict[str, torch.Tensor],
+                        timestep: torch.Tensor, joint_attention_kwargs: dict | None = None) -> torch.Tensor:
+    """The backbone call: the stock SD3 forward with LMM states in place of text embeddings."""
+    t = timestep.expand(latent_input.shape[0]) if timestep.dim() == 0 else timestep
+    return transformer(
+        hidden_states=latent_input,
+        encoder_hidden_states=cond["encoder_hidden_states"],
+        pooled_projections=cond["pooled_projections"],
+        timestep=t,
+        joint_attention_kwargs=joint_attention_kwargs,
+        return_dict=False,
+    )[0]
+
+
+def sample_prompts(
+    prompt: str | list | None,
+    image: PIL.Image.Image | None,
+    references: Sequence[PIL.Image.Image],
+    objects: Sequence[tuple[str, PIL.Image.Image]],
+    task: str | None,
+    official_null: bool = False,
+) -> tuple[str, DreamPrompt, DreamPrompt]:
+    """Route one sample to a task format; returns (task, cond, null).
+
+    Without `task`: an interleaved list -> "interleaved"; text with
+    `references` -> "interleaved" (image k placed after "image k");
+    text with `image` -> "edit"; text alone -> "generate".
+    """
+    if task is not None and task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS} or None, got {task!r}.")
+    if image is not None and references:
+        raise ValueError("give either `image` (edit / copy) or `references` (images placed inline), not both.")
+    if task is None:
+        if isinstance(prompt, list):
+            task = "interleaved"
+        elif references:
+            task = "interleaved"
+        elif image is not None:
+            task = "edit"
+        elif objects:
+            task = "combine"
+        else:
+            task = "generate"
+    if task == "interleaved":
+        parts = prompt if isinstance(prompt, list) else interleave_references(_text(prompt), list(references))
+        cond, null = task_prompts("interleaved", parts=parts, official_null=official_null)
+    elif task == "combine":
+        cond, null = task_prompts("combine", text=_text(prompt), objects=list(objects), official_null=official_null)
+    elif task == "copy":
+        cond, null = task_prompts("copy", image=image)
+    else:
+        cond, null = task_prompts(task, text=_text(prompt), image=image, official_null=official_null)
+    return task, cond, null
+
+
+def _text(prompt: Any) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"this task needs a non-empty text `prompt`, got {prompt!r}.")
+    return prompt
+
+
+def _batch_prompts(prompt: Any) -> list:
+    """A list of strings or of interleaved lists is a batch; a list holding images is one interleaved prompt."""
+    if isinstance(prompt, (list, tuple)):
+        if not prompt:
+            raise ValueError("`prompt` is an empty list.")
+        if any(not isinstance(p, (str, list, tuple)) for p in prompt):
+            return [list(prompt)]
+        return [list(p) if isinstance(p, tuple) else p for p in prompt]
+    if prompt is not None and not isinstance(prompt, str):
+        raise TypeError(f"`prompt` must be a string, an interleaved list or a list of those, got {type(prompt).__name__}.")
+    return [prompt]
+
+
+def _per_sample(value: Any, n: int, name: str, is_item: Callable[[Any], bool]) -> list:
+    """One value per prompt: a single item is shared, a list must have one entry per prompt."""
+    if value is None or is_item(value):
+        return [value] * n
+    if isinstance(value, (list, tuple)) and len(value) == n:
+        return list(value)
+    raise ValueError(f"`{name}` must be one item or a list with one entry per prompt ({n}), got {type(value).__name__} of length {len(value) if hasattr(value, '__len__') else '?'}.")
+
+
+def _is_image_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(not isinstance(v, (list, tuple)) for v in value)
+
+
+class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
+    model_cpu_offload_seq = "lmm->transformer->vae"
+    _optional_components: list[str] = []
+    _callback_tensor_inputs = ["latents", "prompt_embeds"]
+    request_fields = ("instruction", "image", "references")
+    guidance = DREAM_GUIDANCE
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        lmm: Qwen2VLModel,
+        tokenizer,
+        image_processor,
+        transformer: DreamTransformer2DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+    ):
+        super().__init__()
+        if not isinstance(transformer, DreamTransformer2DModel):
+            raise TypeError(
+                f"`transformer` must be a DreamTransformer2DModel (SD3 with the Dream Engine adapters), got {type(transformer).__name__}; "
+                "build one from an SD3 transformer with DreamTransformer2DModel.from_sd3."
+            )
+        width = lmm_hidden_size(lmm)
+        if transformer.config.joint_attention_dim != width:
+            raise ValueError(f"the transformer's adapters read {transformer.config.joint_attention_dim}-wide states but the LMM is {width} wide.")
+        if transformer.config.in_channels != vae.config.latent_channels:
+            raise ValueError(f"the transformer takes {transformer.config.in_channels} channels but the VAE has {vae.config.latent_channels} latent channels.")
+        self.register_modules(vae=vae, lmm=lmm, tokenizer=tokenizer, image_processor=image_processor, transformer=transformer, scheduler=scheduler)
+        self.processor = Qwen2VLImageProcessorOnly(image_processor=image_processor, tokenizer=tokenizer)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.size_multiple = self.vae_scale_factor * transformer.config.patch_size
+        self.default_size = transformer.config.sample_size * self.vae_scale_factor
+
+    required_components = ("vae", "lmm", "tokenizer", "image_processor", "transformer", "scheduler")
+
+    def request_kwargs(self, request: EditRequest) -> dict[str, Any]:
+        if request.references:
+            if not isinstance(request.instruction, str):
+                raise ValueError("give the images either inline in the interleaved instruction or as `references`, not both.")
+            return {"prompt": request.instruction, "references": request.references}
+        return {"prompt": request.instruction, "image": request.image}
+
+    # -- conditioning ---------------------------------------------------------------
+
+    def encode_conditioning(self, conds: Sequence[DreamPrompt], nulls: Sequence[DreamPrompt], vit_ratio: float | None = None,
+                            max_sequence_length: int | None = None) -> Conditioning:
+        """Cond and null prompts in one LMM call, so both are padded to the longer of the two."""
+        with torch.no_grad():
+            states, _ = encode_prompts(self.lmm, self.processor, list(conds) + list(nulls), vit_ratio=vit_ratio,
+                                       max_sequence_length=max_sequence_length, device=self._execution_device)
+        n = len(conds)
+        return build_conditioning(states[:n], states[n:], self.transformer.dtype)
+
+    # -- sampling -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list | None = None,
+        image: ImageInput | list[ImageInput] | None = None,
+        references: list[ImageInput] | list[list[ImageInput]] | None = None,
+        objects: list[tuple[str, ImageInput]] | None = None,
+        task: str | None = None,
+        num_inference_steps: int = 28,
+        guidance_scale: float = 3.5,
+        vit_ratio: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        max_sequence_length: int | None = None,
+        official_null: bool = False,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        joint_attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+    ) -> EditPipelineOutput | tuple:
+        r"""Generate from a text or text-image interleaved prompt.
+
+        Args:
+            prompt: text; an interleaved list of text and images
+                (`["Put ", img1, " on ", img2]`); or a list of either (a batch).
+            image: the image to edit ("edit") or reconstruct ("copy"); one or one per prompt.
+            references: images placed inline where the text says "image k"
+                (image k right after its first mention); a list, or a list per prompt.
+            objects: [(name, image), ...] for Dream Engine's object fusion
+                ("combine": `prompt` is then the caption).
+            task: "generate", "copy", "edit", "combine", "interleaved", or
+                None to route from the inputs (see `sample_prompts`).
+            num_inference_steps: Euler steps (28).
+            guidance_scale: CFG g (3.5); 1 runs the conditional branch only.
+            vit_ratio: r in [0, 1] blending the merged ViT features into the
+                image-token states (None: no blend, the official default).
+            height, width: output size. Default: the image's (or the first
+                reference's) size, else the transformer's sample size x VAE factor.
+            max_sequence_length: pad every prompt to this length (Dream Engine
+                parity; an error if a prompt is longer). None: the longest prompt.
+            official_null: Dream Engine's own null strings (edit: no trailing
+                space; interleaved: the text with the images dropped).
+            num_images_per_prompt, generator, latents, output_type: as in diffusers.
+            callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may return new "latents".
+        """
+        check_output_type(output_type)
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be >= 1, got {num_images_per_prompt}.")
+        if guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be >= 0, got {guidance_scale}.")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if bad:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` has {sorted(bad)}; allowed: {self._callback_tensor_inputs}.")
+
+        # -- route every prompt to its task format (all checks before any model runs)
+        prompts = _batch_prompts(prompt)
+        for i, p in enumerate(prompts):
+            if isinstance(p, list):
+                prompts[i] = [q if isinstance(q, str) else load_image(q, f"prompt[{i}] image") for q in p]
+        images = _per_sample(image, len(prompts), "image", lambda v: not isinstance(v, (list, tuple)))
+        images = [None if im is None else load_image(im, "image") for im in images]
+        refs = _per_sample(references, len(prompts), "references", _is_image_list)
+        refs = [[load_image(r, f"references[{j}]") for j, r in enumerate(rs or [])] for rs in refs]
+        objs = [(str(name), load_image(im, f"objects[{j}]")) for j, (name, im) in enumerate(objects or [])]
+        routed = [sample_prompts(p, im, rs, objs, task, official_null) for p, im, rs in zip(prompts, images, refs)]
+
+        first = next((im for im in images if im is not None), None) or next((rs[0] for rs in refs if rs), None)
+        size = first.size if first is not None else (self.default_size, self.default_size)
+        plan = plan_size(size, self.size_multiple, height, width, None)
+        device = self._execution_device
+
+        cond = self.encode_conditioning([c for _, c, _ in routed], [n for _, _, n in routed], vit_ratio, max_sequence_length)
+        cond = cond.repeat_interleave(num_images_per_prompt)
+        batch = cond.batch_size
+        scales = {"guidance_scale": guidance_scale}
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        shape = (batch, self.transformer.config.in_channels, plan.work_height // self.vae_scale_factor, plan.work_width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.transformer.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape}.")
+        latents = latents.to(device=device, dtype=self.transformer.dtype)
+
+        self._num_timesteps = len(timesteps)
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                forward = partial(transformer_forward, self.transformer, timestep=t, joint_attention_kwargs=joint_attention_kwargs)
+                velocity = guided_prediction(self.guidance, scales, cond, latents, forward)
+                latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                check_finite(latents, "latents", i)
+                if callback_on_step_end is not None:
+                    available = {"latents": latents, "prompt_embeds": cond["encoder_hidden_states"].value}
+                    out = callback_on_step_end(self, i, t, {k: available[k] for k in callback_on_step_end_tensor_inputs}) or {}
+                    latents = out.get("latents", latents)
+                progress.update()
+
+        if output_type == "latent":
+            result = latents
+        else:
+            decoded = vae_decode(self.vae, latents)
+            result = (decoded.float() / 2 + 0.5).clamp(0, 1)
+            result = format_images(resize_output(result, plan.out_width, plan.out_height), output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (result,)
+        return EditPipelineOutput(images=result)
+
+
+def evaluate_adapter(pipe: DreamEnginePipeline, samples: list, *, seeds: list[int], steps: int, guidance: float | None,
+                     image_guidance: float | None) -> list[PIL.Image.Image]:
+    """editkit.evaluate adapter: interleaved samples place their references inline; others edit their source.
+
+    Dream Engine has one guidance scale; `image_guidance` does not apply and must be None.
+    """
+    if image_guidance is not None:
+        raise ValueError("Dream Engine has a single guidance scale; `image_guidance` must be None.")
+    kw: dict[str, Any] = {"num_inference_steps": steps}
+    if guidance is not None:
+        kw["guidance_scale"] = guidance
+    out = []
+    # one call per sample: prompts are padded to the longest of a batch and every position (pads too)
+    # reaches the DiT, so batching would make a sample's output depend on its neighbours
+    for s, seed in zip(samples, seeds):
+        w, h = s.target.size
+        call = {"prompt": s.instruction, "references": list(s.references)} if s.references else {"prompt": s.instruction, "image": s.source}
+        out.append(pipe(**call, height=h, width=w, generator=torch.Generator().manual_seed(int(seed)), output_type="pil", **kw).images[0])
+    return out
