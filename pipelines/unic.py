@@ -171,6 +171,10 @@ def transformer_forward(transformer: UNICSD3Transformer2DModel, latent_input: to
                         timestep: torch.Tensor, control_scale: float | torch.Tensor | None = None) -> torch.Tensor:
     """The backbone call; `timestep` is sigma x 1000 (scalar or per sample)."""
     t = timestep.expand(latent_input.shape[0]) if timestep.ndim == 0 else timestep
+    if isinstance(control_scale, (int, float)) and control_scale == 0:
+        # plain SD3: do not run a control stream only to multiply it by zero
+        return transformer(hidden_states=latent_input, timestep=t, encoder_hidden_states=cond["encoder_hidden_states"],
+                           pooled_projections=cond["pooled_projections"], return_dict=False)[0]
     return transformer(
         hidden_states=latent_input,
         timestep=t,

@@ -56,3 +56,15 @@ class MethodTraining:
     def export(self, path, models: dict[str, torch.nn.Module]) -> None:
         """Write a folder the method's pipeline loads with `from_pretrained`."""
         self.pipeline(models).save_pretrained(path, safe_serialization=True)
+
+
+def randn_per_sample(generators: list[torch.Generator], shape, device) -> torch.Tensor:
+    """One standard-normal draw of `shape` per sample, each from that sample's own generator,
+    so a sample's noise does not depend on batch layout or process count."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
+def scaled_target_latents(lat: dict[str, torch.Tensor], eps: torch.Tensor, vae) -> torch.Tensor:
+    """A draw from the cached target posterior in diffusion space: `(mean + std * eps - shift) * scaling`."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (lat["target_mean"] + lat["target_std"] * eps - shift) * vae.config.scaling_factor

@@ -47,7 +47,7 @@ from editkit.pipelines.dream import DreamEnginePipeline, build_conditioning, tra
 from editkit.testing import tiny_vae
 from editkit.testing.dream import tiny_dream_transformer, tiny_qwen2_tokenizer, tiny_qwen2_vl, tiny_qwen2_vl_image_processor
 
-from .base import MethodTraining
+from .base import MethodTraining, randn_per_sample, scaled_target_latents
 
 OPTION_DEFAULTS = {
     "stage": 1,
@@ -196,15 +196,14 @@ class DreamTraining(MethodTraining):
         device = lat["target_mean"].device
         shape = lat["target_mean"].shape[1:]
         # everything random about a sample comes from its own generator, in a fixed order
-        eps_sample = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+        eps_sample = randn_per_sample(generators, shape, device)
+        noise = randn_per_sample(generators, shape, device)
         sigmas = flow.sample_sigmas(generators, "logit_normal", shift=float(self.opts["shift"])).to(device)
         r_drop = torch.stack([torch.rand((), generator=g) for g in generators])
         r_task = torch.stack([torch.rand((), generator=g) for g in generators])
         r_vit = torch.stack([torch.rand((), generator=g) for g in generators])
 
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        x0 = (lat["target_mean"] + lat["target_std"] * eps_sample - shift) * self.vae.config.scaling_factor
+        x0 = scaled_target_latents(lat, eps_sample, self.vae)
         x_t = flow.noisy(x0, noise, sigmas)
 
         conds, nulls = self.sample_prompts(batch, r_task)

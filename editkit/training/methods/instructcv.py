@@ -18,7 +18,7 @@ from editkit.guidance import ip2p_dropout
 from editkit.pipelines.instructcv import InstructCVPipeline, build_conditioning, unet_forward
 from editkit.testing import sd_euler_ancestral, tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
 
-from .base import MethodTraining
+from .base import MethodTraining, randn_per_sample, scaled_target_latents
 
 
 def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditionModel:
@@ -102,12 +102,12 @@ class InstructCVTraining(MethodTraining):
         bsz = lat["image_latents"].shape[0]
         shape = lat["target_mean"].shape[1:]
         # everything random about a sample comes from its own generator
-        eps_sample = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+        eps_sample = randn_per_sample(generators, shape, device)
+        noise = randn_per_sample(generators, shape, device)
         timesteps = torch.stack([torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (), generator=g) for g in generators]).to(device)
         r = torch.stack([torch.rand((), generator=g) for g in generators])
 
-        latents = (lat["target_mean"] + lat["target_std"] * eps_sample) * self.vae.config.scaling_factor
+        latents = scaled_target_latents(lat, eps_sample, self.vae)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
         prompts = batch["instruction"] + [""]

@@ -38,7 +38,7 @@ from editkit.testing.pixwizard import (
     tiny_pixwizard_transformer,
 )
 
-from .base import MethodTraining
+from .base import MethodTraining, scaled_target_latents
 
 OPTION_DEFAULTS = {
     "hidden_size": 128,  # DiT width
@@ -164,7 +164,7 @@ class PixWizardTraining(MethodTraining):
         gumbel = torch.stack(gumbel, dim=1).to(device)
         r = torch.stack(r)
 
-        data = (lat["target_mean"] + lat["target_std"] * eps_sample - self._shift()) * self.vae.config.scaling_factor
+        data = scaled_target_latents(lat, eps_sample, self.vae)
         x_t = noisy(data, noise, sigmas)
         target = data - noise  # PixWizard's velocity u = x1 - x0
 

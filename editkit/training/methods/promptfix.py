@@ -24,7 +24,7 @@ from editkit.modeling.promptfix_unet import PromptFixUNet2DConditionModel
 from editkit.pipelines.promptfix import PromptFixPipeline, build_conditioning, unet_forward
 from editkit.testing import sd_euler_ancestral, tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
 
-from .base import MethodTraining
+from .base import MethodTraining, randn_per_sample, scaled_target_latents
 from .instructcv import widen_conv_in
 
 INDEPENDENT_DROPOUT = {"instruction": 0.2, "auxiliary": 0.075, "image": 0.075}
@@ -141,12 +141,12 @@ class PromptFixTraining(MethodTraining):
         device = lat["image_latents"].device
         bsz = lat["image_latents"].shape[0]
         shape = lat["target_mean"].shape[1:]
-        eps_sample = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+        eps_sample = randn_per_sample(generators, shape, device)
+        noise = randn_per_sample(generators, shape, device)
         timesteps = torch.stack([torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (), generator=g) for g in generators]).to(device)
         drop = self.dropout_masks(generators, device)
 
-        latents = (lat["target_mean"] + lat["target_std"] * eps_sample) * self.vae.config.scaling_factor
+        latents = scaled_target_latents(lat, eps_sample, self.vae)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
         auxiliary = batch.get("auxiliary_prompt")

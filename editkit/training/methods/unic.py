@@ -37,7 +37,7 @@ from editkit.testing import tiny_vae
 from editkit.testing.sd3 import sd3_flow_scheduler, tiny_sd3_transformer
 from editkit.testing.unic import tiny_sd3_text_stack
 
-from .base import MethodTraining
+from .base import MethodTraining, randn_per_sample, scaled_target_latents
 
 OPTION_DEFAULTS = {
     "num_layers": 4,  # tiny SD3 base
@@ -214,14 +214,13 @@ class UNICTraining(MethodTraining):
         if "auxiliary_prompt" not in batch:
             raise ValueError("the unic plugin needs each batch's `auxiliary_prompt` (the target caption) from its collate.")
         # everything random about a sample comes from its own generator, in a fixed order
-        eps_sample = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+        eps_sample = randn_per_sample(generators, shape, device)
+        noise = randn_per_sample(generators, shape, device)
         r = torch.stack([torch.rand((), generator=g) for g in generators])
         r_base = torch.stack([torch.rand((), generator=g) for g in generators])
         sigmas = sample_sigmas(generators, "logit_normal", shift=float(self.options["shift"])).to(device)
 
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        x0 = (lat["target_mean"] + lat["target_std"] * eps_sample - shift) * self.vae.config.scaling_factor
+        x0 = scaled_target_latents(lat, eps_sample, self.vae)
         x_t = noisy(x0, noise, sigmas)
 
         texts = list(batch["auxiliary_prompt"]) + list(batch["instruction"]) + [""]
