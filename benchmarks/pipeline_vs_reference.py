@@ -18,9 +18,7 @@ Scales (random-initialised; `_common.ip2p_components`):
 
 SD3 family, against diffusers' StableDiffusion3Pipeline with the same components:
 - UNIC-Adapter at control scale 0 and image guidance 1 (tiny scale; `unic_pair`);
-- Dream Engine: runs once `pipelines/dream.py` exposes
-  `benchmark_pair(scale, size, steps) -> (run_editkit, run_reference, info)`;
-  until then it prints "skipped" with the reason.
+- Dream Engine vs the SD3 pipeline fed the same Qwen2-VL prompt states (tiny scale; `dream_pair`).
 Writes benchmarks/results/pipeline_vs_reference.json.
 """
 
@@ -101,19 +99,51 @@ def unic_pair(scale: str, size: int, steps: int) -> PairSetup:
                                          "scheduler": type(comps["scheduler"]).__name__, "guidance": f"{g} (2 branches), control scale 0"})
 
 
-def sd3_pair_hook(method: str) -> Callable[[str, int, int], PairSetup] | None:
-    """The SD3-family pairs: `editkit.pipelines.<method>` must import and expose
-    `benchmark_pair(scale, size, steps) -> (run_editkit, run_reference, info)`, built on
-    the same components as diffusers' StableDiffusion3Pipeline (UNIC: control scale 0)."""
-    mod = C.load_pipelines_module(method)
-    if mod is None or not hasattr(mod, "benchmark_pair"):
-        return None
+def dream_pair(scale: str, size: int, steps: int) -> PairSetup:
+    """Dream Engine vs diffusers' StableDiffusion3Pipeline on the same transformer weights.
 
-    def build(scale: str, size: int, steps: int) -> PairSetup:
-        a, b, info = mod.benchmark_pair(scale, size, steps)
-        return PairSetup(a, b, info)
+    The reference gets the same prompt states: Qwen2-VL encoding (editkit's encoder) and the two adapter
+    MLPs run inside its timed call, then a stock SD3 transformer (identity embedders, the Dream weights)
+    samples with diffusers' own loop. Both sides encode once per call, so the ratio is the sampling loop's."""
+    import torch
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from torch import nn
 
-    return build
+    if scale != "tiny":
+        raise NotImplementedError("Dream Engine pair: only the tiny scale is wired (no mid-size Qwen2-VL here)")
+    mod = C.load_pipelines_module("dream")
+    testing = C.try_import("editkit.testing.dream")
+    comps = testing.tiny_dream_components(seed=0)
+    ours = mod.DreamEnginePipeline(**comps)
+    tr = comps["transformer"]
+    stock = SD3Transformer2DModel(**{k: v for k, v in tr.config.items() if not k.startswith("_") and k != "adapter_hidden_dim"}).eval()
+    stock.context_embedder, stock.time_text_embed.text_embedder = nn.Identity(), nn.Identity()
+    stock.load_state_dict({k: v for k, v in tr.state_dict().items() if not k.startswith(("context_embedder.", "time_text_embed.text_embedder."))})
+    ref = StableDiffusion3Pipeline(transformer=stock, scheduler=comps["scheduler"], vae=comps["vae"], text_encoder=None, tokenizer=None,
+                                   text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
+    for p in (ours, ref):
+        p.set_progress_bar_config(disable=True)
+    prompt, g = "a red square next to a blue circle", 3.5
+
+    def run_ours():
+        return ours(prompt, guidance_scale=g, height=size, width=size, num_inference_steps=steps,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images
+
+    def run_ref():
+        with torch.no_grad():
+            _, cond, null = mod.sample_prompts(prompt, None, [], [], None)
+            c = ours.encode_conditioning([cond], [null])
+            e, pooled = c["encoder_hidden_states"], c["pooled_projections"]
+            return ref(prompt_embeds=tr.context_embedder(e.value), negative_prompt_embeds=tr.context_embedder(e.null),
+                       pooled_prompt_embeds=tr.time_text_embed.text_embedder(pooled.value),
+                       negative_pooled_prompt_embeds=tr.time_text_embed.text_embedder(pooled.null), guidance_scale=g,
+                       height=size, width=size, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                       output_type="np").images
+
+    params = sum(p.numel() for p in tr.parameters())
+    return PairSetup(run_ours, run_ref, {"reference": "diffusers StableDiffusion3Pipeline (Dream weights, same prompt states)",
+                                         "transformer_params": params, "scheduler": type(comps["scheduler"]).__name__,
+                                         "guidance": f"{g} (2 branches)"})
 
 
 def pairs_registry() -> dict[str, tuple[Callable[[str, int, int], PairSetup] | None, str]]:
@@ -121,11 +151,10 @@ def pairs_registry() -> dict[str, tuple[Callable[[str, int, int], PairSetup] | N
     reg: dict[str, tuple[Any, str]] = {"instructcv": (instructcv_pair, "")}
     if C.load_pipelines_module("unic") is not None and C.try_import("editkit.testing.unic") is not None:
         reg["unic"] = (unic_pair, "")
+    if C.load_pipelines_module("dream") is not None and C.try_import("editkit.testing.dream") is not None:
+        reg["dream"] = (dream_pair, "")
     for method in ("unic", "dream"):
-        if method in reg:
-            continue
-        built = C.load_pipelines_module(method) is not None
-        reg[method] = (sd3_pair_hook(method), "skipped (pair not wired: no benchmark_pair)" if built else "skipped (not built)")
+        reg.setdefault(method, (None, "skipped (not built)"))
     return reg
 
 
