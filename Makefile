@@ -6,7 +6,7 @@ EXTRAS  ?= dev,train,app
 APP_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv test edit app tiny-model clean
+.PHONY: venv test edit app tiny-model tiny-vae clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -24,12 +24,18 @@ edit: venv
 	mkdir -p outputs
 	$(BIN)/editkit edit docs/examples/shapes.png "Turn the purple diamond yellow." -o outputs/edit.png
 
-# Retrain the shipped default model from scratch (VAE, then InstructCV UNet + text encoder).
+# Retrain a shipped tiny model from its recipe (METHOD=instructcv|promptfix), reading the shipped shared VAE,
+# and install it as editkit/models/$(METHOD)-tiny. `make tiny-vae` retrains that VAE (sized for a GPU).
+METHOD ?= instructcv
 tiny-model: venv
+	$(BIN)/python train/train.py --config configs/train/$(METHOD)_shapes.yaml
+	rm -rf editkit/models/$(METHOD)-tiny
+	cp -r outputs/$(METHOD)_shapes/final editkit/models/$(METHOD)-tiny
+
+tiny-vae: venv
 	$(BIN)/python train/train.py --config configs/train/vae_shapes.yaml
-	$(BIN)/python train/train.py --config configs/train/instructcv_shapes.yaml
-	rm -rf editkit/models/instructcv-tiny
-	cp -r outputs/instructcv_shapes/final editkit/models/instructcv-tiny
+	rm -rf editkit/models/instructcv-tiny/vae
+	cp -r outputs/vae_shapes/final editkit/models/instructcv-tiny/vae
 
 # the Gradio demo on http://127.0.0.1:7860 (the shipped tiny model; APP_ARGS="--model PATH --port N" for others)
 app: venv
