@@ -334,21 +334,27 @@ CLASSICAL: dict[str, Baseline] = {
 # --------------------------------------------------------------------------- methods
 
 
-def _instructcv(pipe: Any, samples: list[Sample], *, seeds: list[int], steps: int, guidance: float | None,
-                image_guidance: float | None) -> list[Any]:
-    import torch
-
-    kw: dict[str, Any] = {"num_inference_steps": steps}
+def sampling_kwargs(steps: int, guidance: float | None, image_guidance: float | None, **extra: Any) -> dict[str, Any]:
+    """An adapter's pipeline kwargs: the steps, and the scales only when given (else the pipeline's defaults)."""
+    kw: dict[str, Any] = {"num_inference_steps": steps, **extra}
     if guidance is not None:
         kw["guidance_scale"] = guidance
     if image_guidance is not None:
         kw["image_guidance_scale"] = image_guidance
+    return kw
+
+
+def prompt_and_image(pipe: Any, samples: list[Sample], *, seeds: list[int], steps: int, guidance: float | None,
+                     image_guidance: float | None) -> list[Any]:
+    """The adapter of pipelines called as `pipe(prompt=..., image=...)` (InstructCV, PixWizard)."""
+    import torch
+
     return pipe(
         prompt=[s.instruction for s in samples],
         image=[s.source for s in samples],
         generator=[torch.Generator().manual_seed(k) for k in seeds],
         output_type="pil",
-        **kw,
+        **sampling_kwargs(steps, guidance, image_guidance),
     ).images
 
 
@@ -364,9 +370,9 @@ def _adapter_in(module: str, name: str) -> Callable[..., list[Any]]:
 
 # method -> adapter(pipe, samples, *, seeds, steps, guidance, image_guidance) -> images (one per sample)
 ADAPTERS: dict[str, Callable[..., list[Any]]] = {
-    "instructcv": _instructcv,
+    "instructcv": prompt_and_image,
     "promptfix": _adapter_in("promptfix", "evaluate_adapter"),
-    "pixwizard": _adapter_in("pixwizard", "evaluate_adapter"),
+    "pixwizard": prompt_and_image,
     "unic": _adapter_in("unic", "evaluate_adapter"),
     "dream": _adapter_in("dream", "evaluate_adapter"),
 }

@@ -421,20 +421,3 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
         if not return_dict:
             return (result,)
         return EditPipelineOutput(images=result)
-
-
-def evaluate_adapter(pipe: PixWizardPipeline, samples: list, *, seeds: list[int], steps: int, guidance: float | None,
-                      image_guidance: float | None) -> list[PIL.Image.Image]:
-    """Evaluation adapter (editkit.evaluate ADAPTERS["pixwizard"]): one output per sample, at the sample's size."""
-    kw: dict[str, Any] = {"num_inference_steps": steps}
-    if guidance is not None:
-        kw["guidance_scale"] = guidance
-    if image_guidance is not None:
-        kw["image_guidance_scale"] = image_guidance
-    return pipe(
-        prompt=[s.instruction for s in samples],
-        image=[s.source for s in samples],
-        generator=[torch.Generator().manual_seed(k) for k in seeds],
-        output_type="pil",
-        **kw,
-    ).images

@@ -33,6 +33,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.correctors import StepCorrector, StepState, apply_after, apply_before
 from editkit.encoders import encode_clip_text, vae_encode_mode
+from editkit.evaluate import sampling_kwargs
 from editkit.guidance import IP2P_GUIDANCE, Branch, GuidanceRule, Term, guided_prediction
 from editkit.hgs import HighFrequencyGuidance
 from editkit.images import ImageInput, SizePlan, load_image, load_mask, pil_to_tensor, plan_size, resize_input, resize_output
@@ -401,11 +402,7 @@ def evaluate_adapter(pipe: PromptFixPipeline, samples: list, *, seeds: list[int]
     """Evaluation adapter (editkit.evaluate ADAPTERS signature): instruction + the sample's auxiliary prompt.
 
     The working size is the pipeline's configured one (the shapes models work at 64 px)."""
-    kw: dict[str, Any] = {"num_inference_steps": steps, **kwargs}
-    if guidance is not None:
-        kw["guidance_scale"] = guidance
-    if image_guidance is not None:
-        kw["image_guidance_scale"] = image_guidance
+    kw = sampling_kwargs(steps, guidance, image_guidance, **kwargs)
     return pipe(
         prompt=[s.instruction for s in samples],
         image=[s.source for s in samples],

@@ -35,6 +35,7 @@ from transformers import CLIPTextModelWithProjection, PreTrainedModel
 
 from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.encoders import vae_decode, vae_encode_scaled
+from editkit.evaluate import sampling_kwargs
 from editkit.guidance import Branch, GuidanceRule, Term, guided_prediction
 from editkit.images import ImageInput, load_image, pil_to_tensor, plan_size, resize_input, resize_output
 from editkit.modeling.unic_adapter import UNICSD3Transformer2DModel
@@ -425,11 +426,7 @@ def evaluate_adapter(pipe: UNICAdapterPipeline, samples: list, *, seeds: list[in
     if len(names) == 1:  # one preset per call; a mixed batch uses the control preset
         key = TASK_ALIASES.get(next(iter(names)), next(iter(names)))
         task = key if key in TASKS else None
-    kw: dict[str, Any] = {"num_inference_steps": steps}
-    if guidance is not None:
-        kw["guidance_scale"] = guidance
-    if image_guidance is not None:
-        kw["image_guidance_scale"] = image_guidance
+    kw = sampling_kwargs(steps, guidance, image_guidance)
     return pipe(
         prompt=[s.auxiliary_prompt or s.instruction for s in samples],
         instruction=[s.instruction for s in samples],

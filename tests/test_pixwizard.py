@@ -12,13 +12,13 @@ from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
 
 from editkit.convert.pixwizard import convert_checkpoint, to_official_state_dict
 from editkit.data.shapes import make_sample
+from editkit.evaluate import prompt_and_image
 from editkit.modeling.pixwizard_transformer import PixWizardTransformer2DModel
 from editkit.pipelines.pixwizard import (
     PIXWIZARD_GUIDANCE,
     PixWizardPipeline,
     aspect_buckets,
     choose_bucket,
-    evaluate_adapter,
 )
 from editkit.testing.pixwizard import tiny_pixwizard_components, tiny_pixwizard_transformer
 
@@ -291,9 +291,9 @@ def test_training_smoke_and_eval_adapter(tmp_path):
     assert pipe.tokenizer("ab").input_ids == [258, 97, 98] and len(pipe.tokenizer) == 259
     assert (pipe.tokenizer.eos_token_id, pipe.tokenizer.pad_token_id) == (257, 256)
     samples = [make_sample(t, "test", i, 48, seed=0) for i, t in enumerate(("denoise", "segment"))]
-    imgs = evaluate_adapter(pipe, samples, seeds=[0, 1], steps=2, guidance=None, image_guidance=None)
+    imgs = prompt_and_image(pipe, samples, seeds=[0, 1], steps=2, guidance=None, image_guidance=None)
     assert [im.size for im in imgs] == [(48, 48), (48, 48)]
-    again = evaluate_adapter(pipe, samples, seeds=[0, 1], steps=2, guidance=None, image_guidance=None)
+    again = prompt_and_image(pipe, samples, seeds=[0, 1], steps=2, guidance=None, image_guidance=None)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(imgs, again))
     with pytest.raises(ValueError, match="model.options"):
         trainer.main(["--config", str(REPO / "configs/train/pixwizard_shapes.yaml"), f"output_dir={tmp_path / 'x'}",
