@@ -9,8 +9,6 @@ sample's noise does not depend on batch layout.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 
@@ -48,15 +46,3 @@ def x0_from_velocity(x_t: torch.Tensor, velocity: torch.Tensor, sigmas: torch.Te
 def timesteps(sigmas: torch.Tensor, num_train_timesteps: int = 1000) -> torch.Tensor:
     """What the transformer receives for each sigma."""
     return sigmas * num_train_timesteps
-
-
-def resolution_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
-                     base_shift: float = 0.5, max_shift: float = 1.15) -> float:
-    """`mu` of the dynamic shift (exp(mu) multiplies the static shift) for a token count, linear in seq len."""
-    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
-    return image_seq_len * m + (base_shift - m * base_seq_len)
-
-
-def dynamic_shift_sigmas(sigmas: torch.Tensor, mu: float) -> torch.Tensor:
-    """The 'exponential' time shift: e^mu / (e^mu + (1/σ - 1))."""
-    return math.exp(mu) / (math.exp(mu) + (1 / sigmas - 1))
