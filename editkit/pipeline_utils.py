@@ -15,7 +15,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 from .conditioning import EditRequest
-from .images import ImageInput, load_image, tensor_to_pil
+from .images import ImageInput, load_image, resize_output, tensor_to_pil
 from .validation import check_prompts
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -57,6 +57,18 @@ def format_images(images: torch.Tensor, output_type: str) -> Union[list[PIL.Imag
     if output_type == "np":
         return images.cpu().permute(0, 2, 3, 1).float().numpy()
     return tensor_to_pil(images)
+
+
+def finish_images(decoded: torch.Tensor, out_width: int, out_height: int, output_type: str, pixels: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None, repeats: int = 1):
+    """Decoded pixels in [-1, 1] -> [0, 1] at the output size, the source (`pixels`, working size,
+    [-1, 1]) pasted back outside `mask` (1 = may change), then formatted as `output_type`."""
+    result = resize_output((decoded.float() / 2 + 0.5).clamp(0, 1), out_width, out_height)
+    if mask is not None:
+        keep = resize_output(pixels.float() / 2 + 0.5, out_width, out_height).repeat_interleave(repeats, dim=0).to(result.device)
+        m = resize_output(mask, out_width, out_height).to(result.device)
+        result = m * result + (1 - m) * keep
+    return format_images(result, output_type)
 
 
 def step_kwargs(scheduler, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict[str, Any]:

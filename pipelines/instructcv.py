@@ -30,14 +30,14 @@ from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.correctors import StepCorrector, StepState, apply_after, apply_before
 from editkit.encoders import encode_clip_text, vae_decode, vae_encode_mode
 from editkit.guidance import IP2P_GUIDANCE, guided_prediction
-from editkit.images import ImageInput, load_mask, pil_to_tensor, plan_size, resize_input, resize_output
+from editkit.images import ImageInput, load_mask, pil_to_tensor, plan_size, resize_input
 from editkit.numerics import check_finite
 from editkit.pipeline_utils import (
     EditPipelineMixin,
     EditPipelineOutput,
     broadcast_batch,
     check_output_type,
-    format_images,
+    finish_images,
     step_kwargs,
 )
 from editkit.validation import check_sampling_args, check_tensor
@@ -268,14 +268,7 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
             result = latents
         else:
             decoded = check_finite(vae_decode(self.vae, latents), "the VAE-decoded image")
-            result = (decoded.float() / 2 + 0.5).clamp(0, 1)
-            result = resize_output(result, plan.out_width, plan.out_height)
-            if mask_t is not None:
-                keep = resize_output(pixels.float() / 2 + 0.5, plan.out_width, plan.out_height)
-                keep = keep.repeat_interleave(num_images_per_prompt, dim=0).to(result.device)
-                m = resize_output(mask_t, plan.out_width, plan.out_height).to(result.device)
-                result = m * result + (1 - m) * keep
-            result = format_images(result, output_type)
+            result = finish_images(decoded, plan.out_width, plan.out_height, output_type, pixels, mask_t, num_images_per_prompt)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (result,)

@@ -45,7 +45,7 @@ from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.encoders import tokenize_clip, vae_decode, vae_encode_scaled
 from editkit.guidance import Branch, ConditionDropout, GuidanceRule, Term, guided_prediction, ip2p_dropout
-from editkit.images import ImageInput, load_mask, pil_to_tensor, plan_size, resize_input, resize_output
+from editkit.images import ImageInput, load_mask, pil_to_tensor, plan_size, resize_input
 from editkit.modeling.pixwizard_transformer import TOKEN_SELECTIONS, PixWizardTransformer2DModel
 from editkit.numerics import check_finite
 from editkit.pipeline_utils import (
@@ -53,7 +53,7 @@ from editkit.pipeline_utils import (
     EditPipelineOutput,
     broadcast_batch,
     check_output_type,
-    format_images,
+    finish_images,
 )
 
 MAX_ASPECT = 4.0
@@ -409,14 +409,7 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
             result = latents
         else:
             decoded = vae_decode(self.vae, latents)
-            result = (decoded.float() / 2 + 0.5).clamp(0, 1)
-            result = resize_output(result, plan.out_width, plan.out_height)
-            if mask_t is not None:
-                keep = resize_output(pixels.float() / 2 + 0.5, plan.out_width, plan.out_height)
-                keep = keep.repeat_interleave(reps, dim=0).to(result.device)
-                m = resize_output(mask_t, plan.out_width, plan.out_height).to(result.device)
-                result = m * result + (1 - m) * keep
-            result = format_images(result, output_type)
+            result = finish_images(decoded, plan.out_width, plan.out_height, output_type, pixels, mask_t, reps)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (result,)
