@@ -50,6 +50,10 @@ Methods
     each method's adapter lives beside its pipeline in `editkit.pipelines`.
     Any other callable
     `fn(instructions, sources, samples) -> images` can be evaluated directly.
+    `call_args` go to the adapter as extra keywords, and from there to the
+    pipeline call, which makes a method's own ablation a baseline, e.g.
+    `{"control_scale": 0}` (UNIC-Adapter without its condition) or
+    `{"drop_images": True}` (Dream Engine's text-only prompt).
 """
 
 from __future__ import annotations
@@ -345,7 +349,7 @@ def sampling_kwargs(steps: int, guidance: float | None, image_guidance: float | 
 
 
 def prompt_and_image(pipe: Any, samples: list[Sample], *, seeds: list[int], steps: int, guidance: float | None,
-                     image_guidance: float | None) -> list[Any]:
+                     image_guidance: float | None, **call_args: Any) -> list[Any]:
     """The adapter of pipelines called as `pipe(prompt=..., image=...)` (InstructCV, PixWizard)."""
     import torch
 
@@ -354,7 +358,7 @@ def prompt_and_image(pipe: Any, samples: list[Sample], *, seeds: list[int], step
         image=[s.source for s in samples],
         generator=[torch.Generator().manual_seed(k) for k in seeds],
         output_type="pil",
-        **sampling_kwargs(steps, guidance, image_guidance),
+        **sampling_kwargs(steps, guidance, image_guidance, **call_args),
     ).images
 
 
@@ -442,6 +446,7 @@ def evaluate(
     image_guidance: float | None = None,
     data_seed: int = 0,
     model_name: str | None = None,
+    call_args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score a method on `n` samples per task of the shapes benchmark, next to the baselines.
 
@@ -451,6 +456,7 @@ def evaluate(
     image (PIL or HxWx3 array) must have its sample's size. `tasks`: families
     and/or task names ("cv,edit", "all"). `steps` defaults to
     DEFAULT_EVAL_STEPS; `guidance` / `image_guidance` to the pipeline's own.
+    `call_args`: extra keywords for the adapter (pipelines only).
     Returns a json-serialisable dict (see `write_results`, `format_table`).
     """
     check_method(method)
@@ -465,6 +471,9 @@ def evaluate(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative integer; got {seed!r}.")
     seed = int(seed)
+    call_args = dict(call_args or {})
+    if call_args and not _is_pipeline(pipe_or_callable):
+        raise ValueError(f"`call_args` {sorted(call_args)} apply to a pipeline's adapter; got {type(pipe_or_callable).__name__}.")
 
     call: Callable[[list[Sample], int], list[Any]] | None = None
     restore_bar: dict | None = None
@@ -478,7 +487,7 @@ def evaluate(
 
             def call(batch: list[Sample], first: int) -> list[Any]:
                 return adapter(pipe, batch, seeds=[seed + first + k for k in range(len(batch))], steps=steps,
-                               guidance=guidance, image_guidance=image_guidance)
+                               guidance=guidance, image_guidance=image_guidance, **call_args)
         else:
             fn = pipe_or_callable
 
@@ -489,7 +498,7 @@ def evaluate(
         "method": method, "model": model_name, "tasks": names, "n": n, "split": split, "size": size,
         "seed": seed, "data_seed": int(data_seed), "heldout_phrasings": bool(heldout),
         "steps": steps if call is not None else None, "guidance": guidance, "image_guidance": image_guidance,
-        "baselines_only": call is None,
+        "baselines_only": call is None, "call_args": call_args,
     }
     results: dict[str, Any] = {"format": RESULTS_FORMAT, "config": config, "tasks": {}}
 
@@ -596,6 +605,7 @@ def describe(results: dict[str, Any]) -> str:
     parts += [f"split {c['split']}", f"n {c['n']}/task", f"size {c['size']}"]
     if not c.get("baselines_only"):
         parts += [f"steps {c['steps']}", f"seed {c['seed']}"]
+        parts += [f"{k}={v}" for k, v in (c.get("call_args") or {}).items()]
     if c.get("heldout_phrasings"):
         parts.append("held-out phrasings")
     return " | ".join(parts)
@@ -626,11 +636,29 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="samples per pipeline call (default: 8)")
     p.add_argument("--out", default=None, help="JSON results file (default: outputs/eval/<method>-<split>.json)")
     p.add_argument("--baselines-only", action="store_true", help="score only the identity and classical baselines")
+    p.add_argument("--call-arg", action="append", default=[], metavar="KEY=VALUE", dest="call_args",
+                   help="extra keyword for the method's pipeline call, repeatable; VALUE is read as JSON when it "
+                        "parses, else as a string (e.g. control_scale=0 for UNIC-Adapter without its condition, "
+                        "drop_images=true for Dream Engine's text-only baseline)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_eval)
     return p
+
+
+def parse_call_args(items: Sequence[str]) -> dict[str, Any]:
+    """["control_scale=0", "drop_images=true", "task=canny"] -> {"control_scale": 0, "drop_images": True, "task": "canny"}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"`--call-arg` expects KEY=VALUE with KEY a Python identifier; got {item!r}.")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -643,6 +671,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_canvas_size(args.size, "size")
     _positive_int(args.steps, "steps")
     _positive_int(args.batch_size, "batch_size")
+    call_args = parse_call_args(args.call_args)
+    if call_args and args.baselines_only:
+        raise ValueError("`--call-arg` changes the model's run; it does not apply with `--baselines-only`.")
     pipe, model_name = None, None
     if not args.baselines_only:
         from .cli import _load_pipeline, default_model
@@ -652,7 +683,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = evaluate(pipe, method, args.tasks, args.n, split=args.split, size=args.size, seed=args.seed,
                        heldout=args.heldout_phrasings, steps=args.steps, guidance=args.guidance,
                        batch_size=args.batch_size, progress=not args.no_progress,
-                       image_guidance=args.image_guidance, model_name=model_name)
+                       image_guidance=args.image_guidance, model_name=model_name, call_args=call_args)
     out = Path(args.out) if args.out else Path("outputs") / "eval" / f"{method}-{args.split}.json"
     print(describe(results))
     print(format_table(results))

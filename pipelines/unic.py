@@ -417,23 +417,23 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
 
 
 def evaluate_adapter(pipe: UNICAdapterPipeline, samples: list, *, seeds: list[int], steps: int, guidance: float | None,
-                  image_guidance: float | None) -> list[Any]:
+                     image_guidance: float | None, **call_args: Any) -> list[Any]:
     """`editkit.evaluate` adapter: shapes control samples -> images (prompt = the target caption,
     instruction = the sample's instruction, condition = its first reference (subject / style) or else its
-    source map, guidance preset by the samples' task when they share one)."""
+    source map, guidance preset by the samples' task when they share one). `call_args` go to the pipeline
+    (`control_scale=0` is the condition-free baseline: the same base model from the caption alone)."""
     names = {s.task for s in samples}
     task = None
     if len(names) == 1:  # one preset per call; a mixed batch uses the control preset
         key = TASK_ALIASES.get(next(iter(names)), next(iter(names)))
         task = key if key in TASKS else None
-    kw = sampling_kwargs(steps, guidance, image_guidance)
+    kw = {"task": task, **sampling_kwargs(steps, guidance, image_guidance, **call_args)}
     return pipe(
         prompt=[s.auxiliary_prompt or s.instruction for s in samples],
         instruction=[s.instruction for s in samples],
         image=[(list(s.references) or [s.source])[0] for s in samples],
         height=samples[0].source.size[1],
         width=samples[0].source.size[0],
-        task=task,
         generator=[torch.Generator().manual_seed(k) for k in seeds],
         output_type="pil",
         **kw,

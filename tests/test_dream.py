@@ -13,6 +13,7 @@ from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 from torch import nn
 
 from editkit.convert.dream import convert_checkpoint, merge_lora
+from editkit.data import make_sample
 from editkit.modeling.dream_adapter import DreamTransformer2DModel, attach_adapters, pool_states
 from editkit.modeling.dream_encoder import (
     IMAGE_PLACEHOLDER,
@@ -252,6 +253,17 @@ def test_edit_request_and_eval_adapter(pipe):
     assert np.array_equal(np.asarray(again[0]), np.asarray(images[0]))  # per-sample seeds, batch-independent
     with pytest.raises(ValueError, match="image_guidance"):
         evaluate_adapter(pipe, samples, seeds=[0, 1], steps=1, guidance=None, image_guidance=1.5)
+
+
+def test_text_only_baseline_is_the_prompt_without_its_images(pipe):
+    """`drop_images=True` (the note's text-only baseline) equals calling the pipeline on the text alone."""
+    s = make_sample("combine", "val", 0, 64)
+    text_only = evaluate_adapter(pipe, [s], seeds=[4], steps=2, guidance=3.5, image_guidance=None, drop_images=True)[0]
+    direct = pipe(prompt=s.instruction, height=64, width=64, generator=torch.Generator().manual_seed(4),
+                  num_inference_steps=2, guidance_scale=3.5, output_type="pil").images[0]
+    assert np.array_equal(np.asarray(text_only), np.asarray(direct))
+    with_images = evaluate_adapter(pipe, [s], seeds=[4], steps=2, guidance=3.5, image_guidance=None)[0]
+    assert not np.array_equal(np.asarray(text_only), np.asarray(with_images))
 
 
 # -- 5: the converter ----------------------------------------------------------------------------

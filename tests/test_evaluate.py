@@ -9,7 +9,7 @@ import pytest
 
 from editkit import cli
 from editkit.data import FAMILIES, TASKS, make_sample
-from editkit.evaluate import CLASSICAL, SCORERS, evaluate, format_table, write_results
+from editkit.evaluate import CLASSICAL, SCORERS, describe, evaluate, format_table, parse_call_args, write_results
 from editkit.pipelines import InstructCVPipeline
 from editkit.testing import tiny_instructcv_components
 
@@ -191,3 +191,23 @@ def test_cli_eval_baselines_only_and_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(cli, "default_model", lambda method="instructcv": None)
     with pytest.raises(SystemExit, match="no default instructcv model"):
         cli.main(["eval", "--tasks", "segment", "--n", "1", "--out", str(out)])
+
+
+def test_call_args_reach_the_pipeline_and_the_results(pipe):
+    """`call_args` change the model's run (here: InstructCV's image guidance by keyword) and are recorded."""
+    kw = dict(n=2, size=48, steps=2, batch_size=2, progress=False)
+    plain = evaluate(pipe, "instructcv", "recolor", image_guidance=1.5, **kw)
+    same = evaluate(pipe, "instructcv", "recolor", call_args={"image_guidance_scale": 1.5}, **kw)
+    other = evaluate(pipe, "instructcv", "recolor", call_args={"image_guidance_scale": 3.0}, **kw)
+    assert same["tasks"] == plain["tasks"] and other["tasks"] != plain["tasks"]
+    assert same["config"]["call_args"] == {"image_guidance_scale": 1.5} and "image_guidance_scale=1.5" in describe(same)
+    with pytest.raises(ValueError, match="call_args"):
+        evaluate(oracle, "custom", "recolor", n=1, size=48, progress=False, call_args={"x": 1})
+
+
+def test_parse_call_args():
+    assert parse_call_args(["control_scale=0", "drop_images=true", "task=canny", "w=0.5"]) == {
+        "control_scale": 0, "drop_images": True, "task": "canny", "w": 0.5}
+    for bad in ("control_scale", "=1", "a b=1"):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            parse_call_args([bad])

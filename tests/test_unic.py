@@ -1,9 +1,11 @@
 """UNIC-Adapter: scale-0 equality with diffusers SD3, RoPE alignment, converter, training, evaluation adapter."""
 
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
@@ -351,3 +353,15 @@ def test_evaluation_adapter_on_two_samples(pipe):
     assert len(images) == 2 and all(im.size == (48, 48) for im in images)
     again = evaluate_adapter(pipe, samples, seeds=[0, 1], steps=2, guidance=None, image_guidance=None)
     assert all(list(a.getdata()) == list(b.getdata()) for a, b in zip(images, again))
+
+
+def test_condition_free_baseline_ignores_the_condition(pipe):
+    """`control_scale=0` through the eval adapter (the baseline of the note's table): swapping the
+    condition map for another sample's leaves the output unchanged; with the condition it changes."""
+    a, b = make_sample("canny_to_image", "test", 0, 48), make_sample("canny_to_image", "test", 1, 48)
+    swapped = dataclasses.replace(a, source=b.source)
+    kw = dict(seeds=[3], steps=2, guidance=None, image_guidance=None)
+    free = [np.asarray(evaluate_adapter(pipe, [s], control_scale=0.0, **kw)[0]) for s in (a, swapped)]
+    assert np.array_equal(free[0], free[1])
+    full = [np.asarray(evaluate_adapter(pipe, [s], **kw)[0]).astype(int) for s in (a, swapped)]
+    assert np.abs(full[0] - full[1]).max() > 0
