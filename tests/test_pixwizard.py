@@ -327,3 +327,30 @@ def test_text_to_image_canvas_and_mask(pipe):
     assert np.abs(res[:, :20] - np.asarray(img, dtype=np.float32)[:, :20] / 255.0).max() > 0.05
     with pytest.raises(ValueError, match="mask"):
         pipe("a red circle", mask=mask, height=24, width=40)
+
+
+def test_blocks_follow_the_attention_switch(monkeypatch):
+    """Self-, text- and image-attention of every block go through `editkit.attention.attend` with the
+    block's backend (a recorder stands in for xformers, which needs CUDA)."""
+    from editkit import attention as ea
+    from editkit.modeling import pixwizard_transformer
+
+    model = tiny_pixwizard_transformer(cross_attention_dim=24, pooled_text_dim=20, image_embed_dim=28, sample_tokens=4, randomize=True)
+    ea.set_attention_backend(model, "sdpa")
+    assert ea.attention_processors(model)["PixWizardBlock[sdpa]"] == 2
+    x = _inputs()
+    with torch.no_grad():
+        want = model(**x, return_dict=False)[0]
+    seen = []
+
+    def recording(q, k, v, attn_mask=None, *, scale=None, backend="sdpa"):
+        seen.append(backend)
+        return ea.attend(q, k, v, attn_mask, scale=scale)
+
+    monkeypatch.setattr(pixwizard_transformer, "attend", recording)
+    for block in model.layers:
+        block.attention_backend = "xformers"
+    with torch.no_grad():
+        got = model(**x, return_dict=False)[0]
+    torch.testing.assert_close(got, want)
+    assert seen == ["xformers"] * 6

@@ -365,3 +365,30 @@ def test_condition_free_baseline_ignores_the_condition(pipe):
     assert np.array_equal(free[0], free[1])
     full = [np.asarray(evaluate_adapter(pipe, [s], **kw)[0]).astype(int) for s in (a, swapped)]
     assert np.abs(full[0] - full[1]).max() > 0
+
+
+def test_control_path_follows_the_attention_switch(monkeypatch):
+    """Every attention of the control path goes through `editkit.attention.attend` with the blocks'
+    backend; the switch sets it (xformers itself needs CUDA, so a recorder stands in for the kernel)."""
+    from editkit import attention as ea
+    from editkit.modeling import unic_adapter
+
+    model = tiny_unic_transformer(num_layers=2, seed=7)
+    assert ea.attention_processors(model)["UNICJointTransformerBlock[sdpa]"] == 2
+    x = _inputs()
+    with torch.no_grad():
+        want = model(**x).sample
+    seen = []
+
+    def recording(q, k, v, attn_mask=None, *, scale=None, backend="sdpa"):
+        seen.append(backend)
+        return ea.attend(q, k, v, attn_mask, scale=scale)
+
+    monkeypatch.setattr(unic_adapter, "attend", recording)
+    for block in model.transformer_blocks:
+        block.attention_backend = "xformers"  # what set_attention_backend(..., "xformers") writes
+    with torch.no_grad():
+        got = model(**x).sample
+    torch.testing.assert_close(got, want)
+    # per block: base joint + injection (+ control joint, except in the context-pre-only last block)
+    assert seen == ["xformers"] * 5

@@ -31,7 +31,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import (
     LuminaPatchEmbed,
@@ -45,20 +44,21 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import LuminaLayerNormContinuous, RMSNorm
 from diffusers.models.transformers.lumina_nextdit2d import LuminaNextDiT2DModel, LuminaNextDiTBlock
 
+from editkit.attention import AttentionBackendMixin, attend
+
 TOKEN_SELECTIONS = ("topk", "gumbel")
 
 
 def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
-               scale: float | None) -> torch.Tensor:
-    """(B, S, H, D) queries against (B, L, KV, D) keys/values; KV heads repeated for grouped-query attention."""
+               scale: float | None, backend: str = "sdpa") -> torch.Tensor:
+    """(B, S, H, D) queries against (B, L, KV, D) keys/values; KV heads repeated for grouped-query attention.
+    `backend`: the `editkit.attention` kernel (the block's `attention_backend`)."""
     heads, kv_heads = query.shape[2], key.shape[2]
     if heads != kv_heads:
         key = key.repeat_interleave(heads // kv_heads, dim=2)
         value = value.repeat_interleave(heads // kv_heads, dim=2)
     attn_mask = None if mask is None else mask.bool()[:, None, None, :]
-    out = F.scaled_dot_product_attention(
-        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask, scale=scale
-    )
+    out = attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask, scale=scale, backend=backend)
     return out.transpose(1, 2)
 
 
@@ -105,7 +105,7 @@ class TaskAwareTokenSampler(nn.Module):
         return picked
 
 
-class PixWizardBlock(LuminaNextDiTBlock):
+class PixWizardBlock(AttentionBackendMixin, LuminaNextDiTBlock):
     """A Lumina-Next block plus PixWizard's image cross-attention and token sampler.
 
     Reused from `LuminaNextDiTBlock`: `attn1` (self-attention; its `to_q`/`norm_q`
@@ -164,7 +164,7 @@ class PixWizardBlock(LuminaNextDiTBlock):
         scale = a1.scale
         if base_sequence_length is not None and base_sequence_length > 1:
             scale = math.sqrt(math.log(s, base_sequence_length)) * a1.scale
-        out = _attention(query, key.to(query.dtype), value, None, scale)
+        out = _attention(query, key.to(query.dtype), value, None, scale, self.attention_backend)
 
         # text cross-attention: keys without RoPE, Gemma padding mask, tanh-gated per head
         context = self.norm1_context(encoder_hidden_states)
@@ -174,7 +174,7 @@ class PixWizardBlock(LuminaNextDiTBlock):
             key = a2.norm_k(key)
         value = a2.to_v(context)
         text_out = _attention(query, key.view(b, t, self.kv_heads, self.head_dim),
-                              value.view(b, t, self.kv_heads, self.head_dim), encoder_mask, None)
+                              value.view(b, t, self.kv_heads, self.head_dim), encoder_mask, None, self.attention_backend)
         out = out + text_out * self.gate.tanh().view(1, 1, -1, 1)
 
         # image cross-attention over the sampled CLIP tokens: no mask, tanh-gated per head
@@ -182,7 +182,7 @@ class PixWizardBlock(LuminaNextDiTBlock):
         n = img.shape[1]
         key = self.norm_k_image(self.to_k_image(img)).view(b, n, self.kv_heads, self.head_dim)
         value = self.to_v_image(img).view(b, n, self.kv_heads, self.head_dim)
-        image_out = _attention(query, key, value, None, None)
+        image_out = _attention(query, key, value, None, None, self.attention_backend)
         out = out + image_out * self.gate_image.tanh().view(1, 1, -1, 1)
 
         hidden_states = a2.to_out[0](out.flatten(-2))

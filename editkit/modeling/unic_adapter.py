@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers import ModelMixin, SD3Transformer2DModel  # ModelMixin: diffusers finds the loader of a
 # custom component by looking its base classes up in the component's module (pipeline from_pretrained)
 from diffusers.configuration_utils import register_to_config
@@ -44,6 +43,8 @@ from diffusers.models.embeddings import (
 )
 from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
 from diffusers.utils import BaseOutput
+
+from editkit.attention import AttentionBackendMixin, attend
 
 __all__ = ["ModelMixin", "UNICJointTransformerBlock", "UNICSD3Transformer2DModel", "UNICTransformerOutput", "is_adapter_key", "position_ids", "rope_2d"]
 
@@ -108,9 +109,10 @@ def joint_qkv(attn: Attention, x: torch.Tensor, ctx: torch.Tensor | None) -> tup
     return q, k, v
 
 
-def joint_attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_image: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def joint_attend(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_image: int,
+                 backend: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention output split into image part (before `to_out`) and context part (after `to_add_out`)."""
-    out = _merge(F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)).to(q.dtype)
+    out = _merge(attend(q, k, v, backend=backend)).to(q.dtype)
     image, context = out[:, :num_image], out[:, num_image:]
     if context.shape[1] == 0:
         return image, None
@@ -129,8 +131,10 @@ def _per_sample(scale: float | torch.Tensor, like: torch.Tensor) -> float | torc
     return float(scale)
 
 
-class UNICJointTransformerBlock(JointTransformerBlock):
-    """An SD3 joint block plus UNIC's control stream and RoPE cross-attention injection."""
+class UNICJointTransformerBlock(AttentionBackendMixin, JointTransformerBlock):
+    """An SD3 joint block plus UNIC's control stream and RoPE cross-attention injection.
+    Without a condition it is the stock block (its processors follow the attention switch); the
+    control path computes attention with `attend`, honouring `attention_backend`."""
 
     def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, context_pre_only: bool = False,
                  qk_norm: str | None = None, use_control_gate: bool = False):
@@ -174,7 +178,7 @@ class UNICJointTransformerBlock(JointTransformerBlock):
         else:
             norm_ctx, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(encoder_hidden_states, emb=temb)
         q, k, v = joint_qkv(self.attn, norm_x, norm_ctx)
-        attn_x, attn_ctx = joint_attend(self.attn, q, k, v, n)
+        attn_x, attn_ctx = joint_attend(self.attn, q, k, v, n, self.attention_backend)
 
         # -- control stream: joint attention over [condition ; instruction] with 2D RoPE
         m = control_hidden_states.shape[1]
@@ -190,7 +194,7 @@ class UNICJointTransformerBlock(JointTransformerBlock):
 
         # -- injection: base image queries (target (r, c)) over the control keys/values
         xq = apply_rotary_emb(_heads(self.attn, self.to_q_control(norm_x)), (rope[0][:n], rope[1][:n]))
-        cross = _merge(F.scaled_dot_product_attention(xq, ck, cv, dropout_p=0.0, is_causal=False)).to(xq.dtype)
+        cross = _merge(attend(xq, ck, cv, backend=self.attention_backend)).to(xq.dtype)
         probs = None
         if output_attentions:
             probs = torch.softmax((xq.float() @ ck.float().transpose(-1, -2)) / xq.shape[-1] ** 0.5, dim=-1)
@@ -215,7 +219,7 @@ class UNICJointTransformerBlock(JointTransformerBlock):
 
         # -- control stream update with the base's frozen feed-forwards
         cq = apply_rotary_emb(cq, rope)
-        cattn_x, cattn_ctx = joint_attend(self.attn_control, cq, ck, cv, m)
+        cattn_x, cattn_ctx = joint_attend(self.attn_control, cq, ck, cv, m, self.attention_backend)
         control_hidden_states = control_hidden_states + cgate_msa.unsqueeze(1) * _project_out(self.attn_control, cattn_x)
         normed = self.norm2(control_hidden_states) * (1 + cscale_mlp[:, None]) + cshift_mlp[:, None]
         control_hidden_states = control_hidden_states + cgate_mlp.unsqueeze(1) * self.ff(normed)
