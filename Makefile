@@ -24,13 +24,16 @@ edit: venv
 	mkdir -p outputs
 	$(BIN)/editkit edit docs/examples/shapes.png "Turn the purple diamond yellow." -o outputs/edit.png
 
-# Retrain a shipped tiny model from its recipe (METHOD=instructcv|promptfix), reading the shipped shared VAE,
-# and install it as editkit/models/$(METHOD)-tiny. `make tiny-vae` retrains that VAE (sized for a GPU).
+# Retrain a shipped tiny model from its recipe (METHOD=instructcv|promptfix|unic|dream), reading the shipped
+# shared VAE, and install it as editkit/models/$(METHOD)-tiny. Dream Engine trains in two stages.
+# `make tiny-vae` retrains that VAE (sized for a GPU).
 METHOD ?= instructcv
+RECIPES = $(if $(filter dream,$(METHOD)),dream_stage1_shapes dream_stage2_shapes,$(METHOD)_shapes)
 tiny-model: venv
-	$(BIN)/python train/train.py --config configs/train/$(METHOD)_shapes.yaml
+	@test -f configs/train/$(firstword $(RECIPES)).yaml || { echo "no recipe for METHOD=$(METHOD): configs/train/$(firstword $(RECIPES)).yaml"; exit 2; }
+	for r in $(RECIPES); do $(BIN)/python train/train.py --config configs/train/$$r.yaml || exit 1; done
 	rm -rf editkit/models/$(METHOD)-tiny
-	cp -r outputs/$(METHOD)_shapes/final editkit/models/$(METHOD)-tiny
+	cp -r outputs/$(lastword $(RECIPES))/final editkit/models/$(METHOD)-tiny
 
 tiny-vae: venv
 	$(BIN)/python train/train.py --config configs/train/vae_shapes.yaml
