@@ -7,7 +7,10 @@ a 2-token vocabulary) and every benchmark task fell to the identity baseline.
 
 from __future__ import annotations
 
-from transformers import CLIPTokenizer
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer, CLIPTokenizer
 
 from editkit.cli import default_model
 from editkit.testing import tiny_clip_tokenizer
@@ -38,3 +41,17 @@ def test_shipped_model_tokenizer_tells_prompts_apart():
     a, b = _ids(tok, PROMPTS)
     assert len(tok) == 514
     assert a != b
+
+
+SHIPPED = sorted(p for p in (Path(__file__).resolve().parents[1] / "editkit" / "models").glob("*-tiny") if (p / "model_index.json").is_file())
+
+
+@pytest.mark.parametrize("model", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_tokenizer_tells_prompts_apart(model):
+    """Every tokenizer folder of every shipped model (CLIP, T5 stand-ins, LMM byte tokenizers)."""
+    folders = sorted(p for p in model.glob("tokenizer*") if p.is_dir())
+    assert folders, f"{model.name} has no tokenizer"
+    for folder in folders:
+        tok = AutoTokenizer.from_pretrained(folder)
+        a, b = tok(PROMPTS).input_ids
+        assert a != b and len(set(a)) > 10, f"{model.name}/{folder.name} maps different prompts to the same ids"
