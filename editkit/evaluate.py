@@ -596,6 +596,29 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def compare_table(runs: dict[str, dict[str, Any]], metrics: Sequence[str] | None = None, *, baselines: bool = True) -> str:
+    """Markdown table of several `evaluate` results side by side (a model and its ablations, or two methods).
+
+    `runs`: column name -> results. One row per (task, metric) for the tasks every run has; `metrics`
+    default to each task's headline. The identity and classical baselines of the first run are appended
+    as columns when `baselines`."""
+    if not runs:
+        raise ValueError("`runs` is empty: give at least one results dict.")
+    names = list(runs)
+    tasks = [t for t in runs[names[0]]["tasks"] if all(t in r["tasks"] for r in runs.values())]
+    base = [b for b in ("identity", "classical") if baselines]
+    lines = ["| task | metric | " + " | ".join(names + base) + " |", "|---|---|" + "---:|" * (len(names) + len(base))]
+    for task in tasks:
+        first = runs[names[0]]["tasks"][task]
+        for metric in metrics or [first["headline"]]:
+            cells = [_fmt(r["tasks"][task]["scores"].get("model", {}).get(metric)) for r in runs.values()]
+            cells += [_fmt(first["scores"].get(b, {}).get(metric)) for b in base]
+            if all(c == "-" for c in cells):
+                continue  # a metric this task does not report
+            lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def describe(results: dict[str, Any]) -> str:
     """One line naming what was evaluated."""
     c = results["config"]
@@ -644,7 +667,27 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_eval)
+    t = subparsers.add_parser(
+        "eval-table", help="put several `editkit eval` JSON files side by side as a markdown table",
+        description="One column per results file (NAME=PATH or PATH), one row per shared task and metric, "
+                    "then the first file's identity and classical baselines.",
+    )
+    t.add_argument("runs", nargs="+", metavar="[NAME=]PATH", help="results JSON files written by `editkit eval`")
+    t.add_argument("--metrics", default=None, help="comma-separated metrics (default: each task's headline)")
+    t.set_defaults(func=cmd_eval_table)
     return p
+
+
+def cmd_eval_table(args: argparse.Namespace) -> int:
+    runs: dict[str, dict[str, Any]] = {}
+    for item in args.runs:
+        name, sep, path = item.partition("=")
+        path, name = (path, name) if sep else (item, Path(item).stem)
+        if not Path(path).is_file():
+            raise ValueError(f"results file {path!r} does not exist (write it with `editkit eval --out {path}`).")
+        runs[name] = json.loads(Path(path).read_text())
+    print(compare_table(runs, args.metrics.split(",") if args.metrics else None))
+    return 0
 
 
 def parse_call_args(items: Sequence[str]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 
 from editkit import cli
 from editkit.data import FAMILIES, TASKS, make_sample
-from editkit.evaluate import CLASSICAL, SCORERS, describe, evaluate, format_table, parse_call_args, write_results
+from editkit.evaluate import CLASSICAL, SCORERS, compare_table, describe, evaluate, format_table, parse_call_args, write_results
 from editkit.pipelines import InstructCVPipeline
 from editkit.testing import tiny_instructcv_components
 
@@ -211,3 +211,27 @@ def test_parse_call_args():
     for bad in ("control_scale", "=1", "a b=1"):
         with pytest.raises(ValueError, match="KEY=VALUE"):
             parse_call_args([bad])
+
+
+def test_compare_table_lines_up_runs_and_baselines():
+    perfect = evaluate(oracle, "custom", "recolor,denoise", n=2, size=48, progress=False)
+    noisy = evaluate(lambda i, s, smp: [np.full((48, 48, 3), 127, np.uint8)] * len(s), "custom", "denoise", n=2, size=48,
+                     progress=False)
+    table = compare_table({"oracle": perfect, "grey": noisy}, ["psnr", "edit_success"])
+    rows = [r.split("|")[1:-1] for r in table.splitlines()]
+    assert [c.strip() for c in rows[0]] == ["task", "metric", "oracle", "grey", "identity", "classical"]
+    assert len(rows) == 3  # only the shared task (denoise), and only its metric that exists
+    task, metric, oracle_psnr, grey_psnr, identity_psnr, classical_psnr = (c.strip() for c in rows[2])
+    assert (task, metric) == ("denoise", "psnr") and float(oracle_psnr) > float(identity_psnr) > float(grey_psnr)
+    assert float(identity_psnr) == pytest.approx(perfect["tasks"]["denoise"]["scores"]["identity"]["psnr"], abs=0.01)
+    with pytest.raises(ValueError, match="runs"):
+        compare_table({})
+
+
+def test_eval_table_command(tmp_path, capsys):
+    a = write_results(evaluate(oracle, "custom", "denoise", n=1, size=48, progress=False), tmp_path / "a.json")
+    assert cli.main(["eval-table", f"perfect={a}", "--metrics", "psnr,ssim"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split("|")[3].strip() == "perfect" and [r.split("|")[2].strip() for r in out[2:]] == ["psnr", "ssim"]
+    assert cli.main(["eval-table", str(tmp_path / "missing.json")]) != 0
+    assert "missing.json' does not exist" in capsys.readouterr().err
