@@ -1,52 +1,83 @@
 #!/usr/bin/env bash
-# Retrain every shipped tiny model on one CUDA GPU in a few minutes, then score each with `editkit eval`.
+# Train every method's tiny model on one CUDA GPU under a wall-clock cap, then score each with `editkit eval`
+# (test split and held-out phrasings), next to the method's own ablation baseline where it has one.
 #
-#   bash train/tiny_models_gpu.sh                 # on a GPU machine (this is how the shipped models were made)
-#   SMOKE=1 bash train/tiny_models_gpu.sh         # a seconds-long CPU rehearsal of the same commands
+#   bash train/tiny_models_gpu.sh                       # on a GPU machine
+#   METHODS_ONLY="unic dream" bash train/tiny_models_gpu.sh
+#   TRAIN_VAE=1 bash train/tiny_models_gpu.sh           # also retrain the shared VAE first
+#   SMOKE=1 bash train/tiny_models_gpu.sh               # a short CPU rehearsal of the same commands
 #
-# Order: the shared VAE first (every method's tiny model encodes with it), then all method recipes in
-# parallel (tiny models leave the GPU mostly idle; the CPUs generate data), then the evaluations.
-# Recipes run with `train.max_seconds` as a wall-clock cap; each run's train_summary.json records the
-# steps it reached (`final_step`), which is the max_steps to give for an exact rerun on the same hardware.
+# All recipes read the shipped shared VAE (editkit/models/instructcv-tiny/vae); with TRAIN_VAE=1 it is
+# retrained and replaced first. The method recipes then run in parallel (tiny models leave the GPU mostly
+# idle; the CPUs generate data). On the GPU every recipe runs with a constant learning rate after warm-up
+# and a large step budget, cut by `train.max_seconds` (EMA does the annealing); each run's
+# train_summary.json records the steps it reached (`final_step`). A multi-stage method (Dream Engine) lists
+# its recipes with "+": stage k starts from stage k-1's final folder and shares the time cap equally.
 set -u
 PY=${PY:-python3}
 WORK=${WORK:-outputs/tiny_gpu}
 SMOKE=${SMOKE:-0}
+TRAIN_VAE=${TRAIN_VAE:-0}
 VAE_SECONDS=${VAE_SECONDS:-75}
-METHOD_SECONDS=${METHOD_SECONDS:-200}
-EVAL_N=${EVAL_N:-200}
-EVAL_SECONDS=${EVAL_SECONDS:-120}
-WORKERS=${WORKERS:-3}
+METHOD_SECONDS=${METHOD_SECONDS:-300}
+EVAL_N=${EVAL_N:-100}
+EVAL_SECONDS=${EVAL_SECONDS:-240}
+WORKERS=${WORKERS:-2}
 VAE_DIR=editkit/models/instructcv-tiny/vae  # the path every recipe reads the shared VAE from
 
-# name | recipe | eval method | eval tasks
+# name | recipe(s) | eval tasks | call args of the ablation baseline ("-": none)
 METHODS=${METHODS:-"
-instructcv|configs/train/instructcv_shapes.yaml|instructcv|cv,edit
+instructcv|configs/train/instructcv_shapes.yaml|cv,edit|-
+promptfix|configs/train/promptfix_shapes.yaml|restore|-
+pixwizard|configs/train/pixwizard_shapes.yaml|restore,grounding,cv,edit|-
+unic|configs/train/unic_shapes.yaml|control|control_scale=0
+dream|configs/train/dream_stage1_shapes.yaml+configs/train/dream_stage2_shapes.yaml|interleaved|drop_images=true
 "}
+METHODS_ONLY=${METHODS_ONLY:-}
 
 common=(log.tensorboard=false validation.every=0)
+gpu=(train.lr_scheduler=constant_with_warmup train.max_steps=1000000 checkpoint.every=1000)
 evalargs=(--n "$EVAL_N" --steps 20 --batch-size 50 --no-progress)
 if [ "$SMOKE" = 1 ]; then
   common+=(train.max_steps=2 data.num_samples=16 train.batch_size=4 checkpoint.every=0)
-  VAE_SECONDS=30 METHOD_SECONDS=60 WORKERS=0
+  gpu=()
+  VAE_SECONDS=30 METHOD_SECONDS=60 WORKERS=0 EVAL_SECONDS=900
   evalargs=(--n 1 --steps 2 --batch-size 2 --no-progress)
 fi
 mkdir -p "$WORK"
 say() { echo "[$(date +%T)] $*"; }
+wanted() { [ -z "$METHODS_ONLY" ] || [[ " $METHODS_ONLY " == *" $1 "* ]]; }
 
-say "vae"
-$PY train/train.py --config configs/train/vae_shapes.yaml output_dir=outputs/vae_shapes train.max_seconds="$VAE_SECONDS" \
-  data.num_workers=$((WORKERS * 4)) "${common[@]}" >"$WORK/vae.log" 2>&1 || { tail -20 "$WORK/vae.log"; exit 1; }
-tail -1 "$WORK/vae.log"
-# the instructcv recipe reads outputs/vae_shapes/final; the other recipes read the shipped copy
-[ "$SMOKE" = 1 ] || { rm -rf "$VAE_DIR" && cp -r outputs/vae_shapes/final "$VAE_DIR"; }
+if [ "$TRAIN_VAE" = 1 ]; then
+  say "vae"
+  $PY train/train.py --config configs/train/vae_shapes.yaml output_dir="$WORK/vae" train.max_seconds="$VAE_SECONDS" \
+    data.num_workers=$((WORKERS * 4)) "${common[@]}" >"$WORK/vae.log" 2>&1 || { tail -20 "$WORK/vae.log"; exit 1; }
+  tail -1 "$WORK/vae.log"
+  [ "$SMOKE" = 1 ] || { rm -rf "$VAE_DIR" && cp -r "$WORK/vae/final" "$VAE_DIR"; }
+fi
+
+# One method's stages, one after the other: stage k > 1 starts from stage k-1's final folder.
+train_method() {
+  local name=$1 recipes=$2 n k=0 prev="" out seconds
+  IFS='+' read -r -a stages <<<"$recipes"
+  n=${#stages[@]}
+  seconds=$((METHOD_SECONDS / n))
+  for recipe in "${stages[@]}"; do
+    k=$((k + 1))
+    out="$WORK/$name"; [ "$n" -gt 1 ] && out="$WORK/$name-stage$k"
+    local from=(); [ -n "$prev" ] && from=(model.pretrained="$prev/final")
+    $PY train/train.py --config "$recipe" output_dir="$out" train.max_seconds="$seconds" data.num_workers="$WORKERS" \
+      "${common[@]}" "${gpu[@]}" "${from[@]}" >"$WORK/$name-stage$k.log" 2>&1 || return 1
+    prev=$out
+  done
+  [ "$prev" = "$WORK/$name" ] || { rm -rf "$WORK/$name" && mkdir -p "$WORK/$name" && cp -r "$prev/final" "$WORK/$name/final"; }
+}
 
 pids=()
-while IFS='|' read -r name recipe _ _; do
-  [ -n "$name" ] || continue
+while IFS='|' read -r name recipes _ _; do
+  [ -n "$name" ] && wanted "$name" || continue
   say "train $name"
-  $PY train/train.py --config "$recipe" output_dir="$WORK/$name" train.max_seconds="$METHOD_SECONDS" \
-    data.num_workers="$WORKERS" "${common[@]}" >"$WORK/$name.log" 2>&1 &
+  train_method "$name" "$recipes" &
   pids+=($!)
 done <<<"$METHODS"
 for p in "${pids[@]}"; do wait "$p"; done
@@ -61,16 +92,31 @@ for f in glob.glob(f"{sys.argv[1]}/*/final/**/*.safetensors", recursive=True):
 EOF
 
 pids=()
-while IFS='|' read -r name _ method tasks; do
-  [ -n "$name" ] || continue
-  tail -1 "$WORK/$name.log"
+while IFS='|' read -r name _ tasks baseline; do
+  [ -n "$name" ] && wanted "$name" || continue
+  grep -h "exported" "$WORK/$name"-stage*.log
   [ -d "$WORK/$name/final" ] || { say "$name: no final model"; continue; }
   for split in test heldout; do
     extra=(); [ "$split" = heldout ] && extra=(--heldout-phrasings)
-    timeout "$EVAL_SECONDS" $PY -m editkit.cli eval --method "$method" --model "$WORK/$name/final" --tasks "$tasks" \
-      "${evalargs[@]}" "${extra[@]}" --out "$WORK/eval-$name-$split.json" >"$WORK/eval-$name-$split.log" 2>&1 &
-    pids+=($!)
+    runs=(model)
+    [ "$baseline" != "-" ] && runs+=(baseline)
+    for run in "${runs[@]}"; do
+      args=(); [ "$run" = baseline ] && args=(--call-arg "$baseline")
+      timeout "$EVAL_SECONDS" $PY -m editkit.cli eval --method "$name" --model "$WORK/$name/final" --tasks "$tasks" \
+        "${evalargs[@]}" "${extra[@]}" "${args[@]}" --out "$WORK/eval-$name-$split-$run.json" \
+        >"$WORK/eval-$name-$split-$run.log" 2>&1 &
+      pids+=($!)
+    done
   done
 done <<<"$METHODS"
 for p in "${pids[@]}"; do wait "$p"; done
+for f in "$WORK"/eval-*-model.json; do
+  base=${f%-model.json}
+  echo "== $(basename "$base")"
+  if [ -f "$base-baseline.json" ]; then
+    $PY -m editkit.cli eval-table "model=$f" "ablation=$base-baseline.json" --metrics edit_success,presence,color_accuracy,psnr,edge_f1
+  else
+    $PY -m editkit.cli eval-table "model=$f"
+  fi
+done
 say "done"
