@@ -17,3 +17,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def record_attend(monkeypatch):
+    """`record_attend(module)`: replace `module.attend` by sdpa that records the backend of every call;
+    returns the list of recorded backends (xformers itself needs CUDA, so sdpa stands in for it)."""
+    from editkit import attention
+
+    def install(module) -> list[str]:
+        seen: list[str] = []
+
+        def recording(q, k, v, attn_mask=None, *, scale=None, backend="sdpa"):
+            seen.append(backend)
+            return attention.attend(q, k, v, attn_mask, scale=scale)
+
+        monkeypatch.setattr(module, "attend", recording)
+        return seen
+
+    return install

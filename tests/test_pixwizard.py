@@ -329,7 +329,7 @@ def test_text_to_image_canvas_and_mask(pipe):
         pipe("a red circle", mask=mask, height=24, width=40)
 
 
-def test_blocks_follow_the_attention_switch(monkeypatch):
+def test_blocks_follow_the_attention_switch(record_attend):
     """Self-, text- and image-attention of every block go through `editkit.attention.attend` with the
     block's backend (a recorder stands in for xformers, which needs CUDA)."""
     from editkit import attention as ea
@@ -341,13 +341,7 @@ def test_blocks_follow_the_attention_switch(monkeypatch):
     x = _inputs()
     with torch.no_grad():
         want = model(**x, return_dict=False)[0]
-    seen = []
-
-    def recording(q, k, v, attn_mask=None, *, scale=None, backend="sdpa"):
-        seen.append(backend)
-        return ea.attend(q, k, v, attn_mask, scale=scale)
-
-    monkeypatch.setattr(pixwizard_transformer, "attend", recording)
+    seen = record_attend(pixwizard_transformer)
     for block in model.layers:
         block.attention_backend = "xformers"
     with torch.no_grad():

@@ -367,7 +367,7 @@ def test_condition_free_baseline_ignores_the_condition(pipe):
     assert np.abs(full[0] - full[1]).max() > 0
 
 
-def test_control_path_follows_the_attention_switch(monkeypatch):
+def test_control_path_follows_the_attention_switch(record_attend):
     """Every attention of the control path goes through `editkit.attention.attend` with the blocks'
     backend; the switch sets it (xformers itself needs CUDA, so a recorder stands in for the kernel)."""
     from editkit import attention as ea
@@ -378,13 +378,7 @@ def test_control_path_follows_the_attention_switch(monkeypatch):
     x = _inputs()
     with torch.no_grad():
         want = model(**x).sample
-    seen = []
-
-    def recording(q, k, v, attn_mask=None, *, scale=None, backend="sdpa"):
-        seen.append(backend)
-        return ea.attend(q, k, v, attn_mask, scale=scale)
-
-    monkeypatch.setattr(unic_adapter, "attend", recording)
+    seen = record_attend(unic_adapter)
     for block in model.transformer_blocks:
         block.attention_backend = "xformers"  # what set_attention_backend(..., "xformers") writes
     with torch.no_grad():
