@@ -184,3 +184,21 @@ def test_vae_scaling_is_calibrated_to_unit_latent_std():
         scaled = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
     assert vae.config.scaling_factor == factor
     assert abs(scaled.std().item() - 1.0) < 1e-4
+
+
+def test_zero_terminal_snr_trains_v_prediction_and_exports_its_sampler(tmp_path):
+    """train.zero_terminal_snr: pure noise at t = 999 in training, and the exported sampler matches it."""
+    from editkit.training.methods.base import sd_noise_schedules
+
+    noise, sampler = sd_noise_schedules(load_config(None, ["train.zero_terminal_snr=true", "train.prediction_type=v_prediction"]).train)
+    assert float(noise.alphas_cumprod[-1]) == 0.0 and float(noise.alphas_cumprod[0]) > 0.99
+    plain, _ = sd_noise_schedules(load_config(None, []).train)
+    assert float(plain.alphas_cumprod[-1]) == pytest.approx(0.0047, abs=5e-4)  # SD's leak the option removes
+    assert sampler.config.rescale_betas_zero_snr and sampler.config.timestep_spacing == "trailing"
+    with pytest.raises(ValueError, match="needs train.prediction_type=v_prediction"):
+        sd_noise_schedules(load_config(None, ["train.zero_terminal_snr=true"]).train)
+    out = tmp_path / "zsnr"
+    _run(out, "train.max_steps=2", "checkpoint.every=0", "train.zero_terminal_snr=true", "train.prediction_type=v_prediction")
+    exported = json.loads((out / "final" / "scheduler" / "scheduler_config.json").read_text())
+    assert exported["prediction_type"] == "v_prediction" and exported["rescale_betas_zero_snr"] is True
+    assert exported["timestep_spacing"] == "trailing"

@@ -63,6 +63,7 @@ DEFAULTS: dict = {
         "gradient_checkpointing": False,
         "conditioning_dropout": 0.05,
         "prediction_type": None,  # epsilon | v_prediction; null = the scheduler's
+        "zero_terminal_snr": False,  # UNet methods: rescaled betas, pure noise at the last step (needs v_prediction)
         "ema": False,
         "ema_decay": 0.9999,
         "attention": "sdpa",  # sdpa | xformers

@@ -8,17 +8,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from editkit.encoders import encode_clip_text
 from editkit.guidance import ip2p_dropout
 from editkit.pipelines.instructcv import InstructCVPipeline, build_conditioning, unet_forward
-from editkit.testing import sd_euler_ancestral, tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
+from editkit.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
 
-from .base import MethodTraining, randn_per_sample, scaled_target_latents
+from .base import MethodTraining, randn_per_sample, scaled_target_latents, sd_noise_schedules
 
 
 def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditionModel:
@@ -64,9 +66,7 @@ class InstructCVTraining(MethodTraining):
             )
         self.vae.requires_grad_(False).eval()
         self.text_encoder.requires_grad_(bool(m.train_text_encoder))
-        self.noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-        if cfg.train.prediction_type:
-            self.noise_scheduler.register_to_config(prediction_type=cfg.train.prediction_type)
+        self.noise_scheduler, self.sampler = sd_noise_schedules(cfg.train)
         self.dropout = ip2p_dropout(float(cfg.train.conditioning_dropout))
 
     def trainable(self) -> dict[str, torch.nn.Module]:
@@ -124,9 +124,7 @@ class InstructCVTraining(MethodTraining):
 
 
     def pipeline(self, models: dict[str, torch.nn.Module]) -> InstructCVPipeline:
-        scheduler = sd_euler_ancestral()
-        # the sampler must predict what the UNet was trained to predict
-        scheduler.register_to_config(prediction_type=self.noise_scheduler.config.prediction_type)
+        scheduler = copy.deepcopy(self.sampler)  # predicts what the UNet was trained to, on its schedule
         pipe = InstructCVPipeline(
             vae=self.vae,
             text_encoder=models.get("text_encoder", self.text_encoder),

@@ -13,18 +13,20 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from editkit.encoders import encode_clip_text
 from editkit.guidance import ConditionDropout
 from editkit.modeling.promptfix_unet import PromptFixUNet2DConditionModel
 from editkit.pipelines.promptfix import PromptFixPipeline, build_conditioning, unet_forward
-from editkit.testing import sd_euler_ancestral, tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
+from editkit.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
 
-from .base import MethodTraining, randn_per_sample, scaled_target_latents
+from .base import MethodTraining, randn_per_sample, scaled_target_latents, sd_noise_schedules
 from .instructcv import widen_conv_in
 
 INDEPENDENT_DROPOUT = {"instruction": 0.2, "auxiliary": 0.075, "image": 0.075}
@@ -90,9 +92,7 @@ class PromptFixTraining(MethodTraining):
             self.unet = PromptFixUNet2DConditionModel.from_unet(base, t.text_hidden)
         self.vae.requires_grad_(False).eval()
         self.text_encoder.requires_grad_(bool(m.train_text_encoder))
-        self.noise_scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
-        if cfg.train.prediction_type:
-            self.noise_scheduler.register_to_config(prediction_type=cfg.train.prediction_type)
+        self.noise_scheduler, self.sampler = sd_noise_schedules(cfg.train)
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         mods = {"unet": self.unet}
@@ -164,8 +164,7 @@ class PromptFixTraining(MethodTraining):
         return F.mse_loss(pred.float(), target.float())
 
     def pipeline(self, models: dict[str, torch.nn.Module]) -> PromptFixPipeline:
-        scheduler = sd_euler_ancestral()
-        scheduler.register_to_config(prediction_type=self.noise_scheduler.config.prediction_type)
+        scheduler = copy.deepcopy(self.sampler)  # predicts what the UNet was trained to, on its schedule
         pipe = PromptFixPipeline(
             vae=self.vae,
             text_encoder=models.get("text_encoder", self.text_encoder),
