@@ -122,10 +122,16 @@ def tiny_unet(
     ).eval()
 
 
-def sd_euler_ancestral() -> EulerAncestralDiscreteScheduler:
-    """Euler-ancestral with SD betas and linspace spacing: the k-diffusion sampler of IP2P/InstructCV."""
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}  # SD's training schedule
+
+
+def sd_euler_ancestral(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> EulerAncestralDiscreteScheduler:
+    """Euler-ancestral with SD betas and linspace spacing: the k-diffusion sampler of IP2P/InstructCV.
+    With `zero_terminal_snr` the betas are rescaled (pure noise at the last step) and the timesteps trail,
+    as Lin et al. (2024) prescribe."""
     return EulerAncestralDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="linspace"
+        **SD_BETAS, timestep_spacing="trailing" if zero_terminal_snr else "linspace",
+        prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr,
     )
 
 

@@ -77,17 +77,15 @@ def sd_noise_schedules(train_cfg) -> tuple:
     betas so the last step is pure noise (Lin et al. 2024: SD's schedule keeps ~7 % of the signal at
     t = 999, so a model never learns to set colours from pure noise); it needs v-prediction, and the
     sampler then uses trailing timesteps, as that paper prescribes."""
-    from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
+    from diffusers import DDPMScheduler
+
+    from editkit.testing import SD_BETAS, sd_euler_ancestral
 
     zero_snr = bool(train_cfg.get("zero_terminal_snr", False))
     prediction = train_cfg.get("prediction_type") or "epsilon"
     if zero_snr and prediction != "v_prediction":
         raise ValueError("train.zero_terminal_snr=true needs train.prediction_type=v_prediction "
                          f"(epsilon is undefined at zero SNR); got prediction_type={prediction!r}.")
-    noise = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                          prediction_type=prediction, rescale_betas_zero_snr=zero_snr)
-    # the IP2P/InstructCV sampler (editkit.testing.sd_euler_ancestral) with the same schedule and target
-    sampler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                              timestep_spacing="trailing" if zero_snr else "linspace",
-                                              prediction_type=prediction, rescale_betas_zero_snr=zero_snr)
+    noise = DDPMScheduler(**SD_BETAS, num_train_timesteps=1000, prediction_type=prediction, rescale_betas_zero_snr=zero_snr)
+    sampler = sd_euler_ancestral(prediction, zero_snr)
     return noise, sampler
