@@ -28,7 +28,8 @@ edit: venv
 # shared VAE, and install it as editkit/models/$(METHOD)-tiny. Dream Engine trains in two stages.
 # `make tiny-vae` retrains that VAE (sized for a GPU).
 METHOD ?= instructcv
-RECIPES = $(if $(filter dream,$(METHOD)),dream_stage1_shapes dream_stage2_shapes,$(METHOD)_shapes)
+# the recipes of the shipped model (PixWizard ships its CPU-sized recipe; pixwizard_shapes is the full GPU one)
+RECIPES = $(if $(filter dream,$(METHOD)),dream_stage1_shapes dream_stage2_shapes,$(if $(filter pixwizard,$(METHOD)),pixwizard_shapes_cpu,$(METHOD)_shapes))
 tiny-model: venv
 	@test -f configs/train/$(firstword $(RECIPES)).yaml || { echo "no recipe for METHOD=$(METHOD): configs/train/$(firstword $(RECIPES)).yaml"; exit 2; }
 	for r in $(RECIPES); do $(BIN)/python train/train.py --config configs/train/$$r.yaml || exit 1; done

@@ -169,7 +169,7 @@ class ModelCache:
             raise UserError(f"{spec.name} is not available: its pipeline is not in this install yet (planned).")
         torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
         try:
-            pipe = cls.from_pretrained(source, torch_dtype=torch_dtype)
+            pipe = cls.from_pretrained(source, dtype=torch_dtype)
         except (OSError, ValueError) as err:
             raise UserError(f"cannot load the {spec.name} checkpoint {source}: {err}") from None
         pipe = pipe.to(_resolve_device(self.device))

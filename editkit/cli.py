@@ -44,7 +44,7 @@ def _load_pipeline(model: str | None, device: str | None, dtype: str, method: st
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     try:
-        pipe = cls.from_pretrained(model, torch_dtype=torch_dtype)
+        pipe = cls.from_pretrained(model, dtype=torch_dtype)
     except (OSError, ValueError) as err:
         raise SystemExit(f"error: cannot load --model {model} as a {cls.__name__}: {err}") from None
     return pipe.to(device)

@@ -49,7 +49,7 @@ SHIPPED = sorted(p for p in (Path(__file__).resolve().parents[1] / "editkit" / "
 @pytest.mark.parametrize("model", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_every_shipped_tokenizer_tells_prompts_apart(model):
     """Every tokenizer folder of every shipped model (CLIP, T5 stand-ins, LMM byte tokenizers)."""
-    folders = sorted(p for p in model.glob("tokenizer*") if p.is_dir())
+    folders = sorted(p for p in model.glob("*tokenizer*") if p.is_dir())
     assert folders, f"{model.name} has no tokenizer"
     for folder in folders:
         tok = AutoTokenizer.from_pretrained(folder)

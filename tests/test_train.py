@@ -76,6 +76,23 @@ def test_config_errors_name_the_key():
     cfg = load_config(REPO / "configs/train/instructcv_shapes.yaml", ["train.max_steps=7"])
     assert cfg.train.max_steps == 7 and cfg.method == "instructcv"
 
+def test_recipe_base_is_loaded_first_and_overridden(tmp_path):
+    (tmp_path / "parent.yaml").write_text("method: pixwizard\ntrain:\n  batch_size: 32\n  lr: 3.0e-4\ndata:\n  tasks: cv\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\ntrain:\n  lr: 1.0e-3\ndata:\n  tasks: restore\n")
+    cfg = load_config(tmp_path / "child.yaml", ["train.batch_size=8"])
+    assert (cfg.method, cfg.train.lr, cfg.data.tasks, cfg.train.batch_size) == ("pixwizard", 1.0e-3, "restore", 8)
+    assert "base" not in cfg
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ValueError, match="names itself as a base"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="base: missing.yaml"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "typo.yaml").write_text("base: parent.yaml\ntrain:\n  max_step: 3\n")
+    with pytest.raises(ValueError, match="unknown config key 'train.max_step'"):
+        load_config(tmp_path / "typo.yaml")
+
+
 
 def test_resume_continues_exactly(tmp_path):
     _run(tmp_path / "full", "train.max_steps=4", "checkpoint.every=4", "train.ema=true", "train.ema_decay=0.9")

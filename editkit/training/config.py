@@ -97,15 +97,13 @@ def _check_keys(cfg: DictConfig, where: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Defaults <- recipe file <- `key=value` overrides (dotted keys)."""
+    """Defaults <- recipe file (after its `base:` recipe, if it names one) <- `key=value` overrides (dotted keys)."""
     cfg = OmegaConf.create(DEFAULTS)
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        recipe = OmegaConf.load(path)
-        _check_keys(recipe, str(path))
-        cfg = OmegaConf.merge(cfg, recipe)
+        cfg = OmegaConf.merge(cfg, _load_recipe(path))
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override '{item}' is not of the form key=value")
@@ -115,6 +113,22 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         cfg = OmegaConf.merge(cfg, dotlist)
     _check_values(cfg)
     return cfg
+
+
+def _load_recipe(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    """A recipe file; `base: other.yaml` (relative to the file) loads that recipe first and overrides it."""
+    path = path.resolve()
+    if path in seen:
+        raise ValueError(f"recipe {path} names itself as a base through {[p.name for p in seen]}")
+    recipe = OmegaConf.load(path)
+    base = recipe.pop("base", None)
+    _check_keys(recipe, str(path))
+    if base is None:
+        return recipe
+    parent = path.parent / str(base)
+    if not parent.is_file():
+        raise FileNotFoundError(f"`base: {base}` in {path}: no such recipe ({parent})")
+    return OmegaConf.merge(_load_recipe(parent, seen + (path,)), recipe)
 
 
 def _check_values(cfg: DictConfig) -> None:
