@@ -129,6 +129,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
         resize_side: int | None = DEFAULT_RESIZE_SIDE,
+        guidance_scale: float = 6.5,
+        image_guidance_scale: float = 1.25,
     ):
         super().__init__()
         latent_ch = vae.config.latent_channels
@@ -140,6 +142,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         # the default working size travels with the model (640 official; a 64 px shapes model works at 64)
         self.register_to_config(resize_side=resize_side)
+        # the default scales travel with it too (official 6.5 / 1.25; a small model may be tuned to others)
+        self.register_to_config(guidance_scale=float(guidance_scale), image_guidance_scale=float(image_guidance_scale))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.size_multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
         # image -> auxiliary prompt (a `editkit.captioners.Captioner` or any callable returning a string);
@@ -227,8 +231,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         image: ImageInput | list[ImageInput],
         auxiliary_prompt: str | list[str] | None = None,
         num_inference_steps: int = 20,
-        guidance_scale: float = 6.5,
-        image_guidance_scale: float = 1.25,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
         guidance_mode: str = "promptfix",
         hgs_mode: str = "latent",
         hgs: HighFrequencyGuidance | None = None,
@@ -259,7 +263,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
                 extra cross-attention. None: ask `captioner` (or `pipe.captioner`)
                 if one is set, else the empty string.
             num_inference_steps: denoising steps (official 20; 50 for inpainting).
-            guidance_scale, image_guidance_scale: $s_T$ (6.5) and $s_I$ (1.25).
+            guidance_scale, image_guidance_scale: $s_T$ and $s_I$. None: the model's
+                `config.guidance_scale` / `config.image_guidance_scale` (official 6.5 / 1.25).
             guidance_mode: "promptfix" (midpoint rule) or "ip2p" (needs a fully
                 unconditional branch the released model never saw).
             hgs_mode: "latent" (high-frequency guidance on the latents) or "off"
@@ -301,6 +306,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
 
         if resize_side == "auto":
             resize_side = self.config.resize_side
+        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        image_guidance_scale = self.config.image_guidance_scale if image_guidance_scale is None else image_guidance_scale
         prompts, images, auxiliary = self._batch(prompt, image, auxiliary_prompt, captioner)
         multiple = int(np.lcm(RESIZE_MULTIPLE, self.size_multiple))
         if height is not None or width is not None:

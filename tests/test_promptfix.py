@@ -225,6 +225,22 @@ def test_save_load_round_trip_with_skip_vae(tmp_path):
     assert np.abs(a - b).max() < 1e-6
 
 
+def test_default_guidance_scales_travel_with_the_model(tmp_path):
+    p = PromptFixPipeline(**tiny_promptfix_components(seed=1), resize_side=None)
+    assert (p.config.guidance_scale, p.config.image_guidance_scale) == (6.5, 1.25)  # official
+    p = PromptFixPipeline(**tiny_promptfix_components(seed=1), resize_side=None, guidance_scale=3.0, image_guidance_scale=1.5)
+    p.set_progress_bar_config(disable=True)
+    p.save_pretrained(tmp_path)
+    q = PromptFixPipeline.from_pretrained(tmp_path)
+    q.set_progress_bar_config(disable=True)
+    assert (q.config.guidance_scale, q.config.image_guidance_scale) == (3.0, 1.5)
+    img = _image()
+    run = lambda **kw: q("fix", image=img, auxiliary_prompt="blurry", generator=_gen(), **FAST, **kw).images  # noqa: E731
+    default, explicit, official = run(), run(guidance_scale=3.0, image_guidance_scale=1.5), run(guidance_scale=6.5, image_guidance_scale=1.25)
+    assert np.array_equal(default, explicit)
+    assert np.abs(default - official).max() > 1e-3
+
+
 def test_skip_vae_with_zero_lora_equals_the_plain_vae():
     from editkit.modeling.promptfix_vae import PromptFixAutoencoderKL
     from editkit.testing import tiny_vae

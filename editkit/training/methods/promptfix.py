@@ -60,8 +60,12 @@ class PromptFixTraining(MethodTraining):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"model.options.{g}_dropout must be in [0, 1], got {p}")
         self.resize_side = opts.pop("resize_side", int(cfg.data.size))  # the exported pipeline's working size
+        # the exported pipeline's default guidance scales (official 6.5 / 1.25)
+        self.guidance = {k: float(opts.pop(k, v)) for k, v in (("guidance_scale", 6.5), ("image_guidance_scale", 1.25))}
         if opts:
-            raise ValueError(f"unknown model.options for promptfix: {sorted(opts)}; known: dropout, *_dropout, resize_side")
+            raise ValueError(
+                f"unknown model.options for promptfix: {sorted(opts)}; known: dropout, *_dropout, resize_side, guidance_scale, image_guidance_scale"
+            )
         if m.pretrained:
             src = m.pretrained
             unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet")
@@ -172,6 +176,7 @@ class PromptFixTraining(MethodTraining):
             unet=models["unet"],
             scheduler=scheduler,
             resize_side=self.resize_side,
+            **self.guidance,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
