@@ -16,6 +16,7 @@ message the UI shows as it is.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -402,6 +403,22 @@ class Engine:
         spec = get_method(method)
         return availability(spec, self.source(spec.key))
 
+    def scales(self, method: str) -> tuple[float, float | None]:
+        """The (text, image) guidance a run starts from: the model's own defaults when its local
+        `model_index.json` records them (a small model tuned to other scales), else the method's."""
+        spec = get_method(method)
+        text, image = spec.guidance, spec.image_guidance
+        src = self.source(spec.key)
+        if src and is_local_path(src):
+            try:
+                index = json.loads((Path(src).expanduser() / "model_index.json").read_text())
+            except (OSError, ValueError):
+                index = {}
+            text = float(index.get("guidance_scale", text))
+            if image is not None:
+                image = float(index.get("image_guidance_scale", image))
+        return text, image
+
     def available_methods(self) -> list[str]:
         return [k for k in METHODS if self.availability(k).ok]
 
@@ -423,8 +440,8 @@ class Engine:
                     "loaded": self.cache.is_loaded((key, self.source(key) or "")),
                     "fields": sorted(spec.fields),
                     "steps": self.config.default_steps(spec),
-                    "guidance": spec.guidance,
-                    "image_guidance": spec.image_guidance,
+                    "guidance": self.scales(key)[0],
+                    "image_guidance": self.scales(key)[1],
                     "max_side": spec.max_side,
                     "hgs": spec.hgs is not None,
                     "presets": [
@@ -483,12 +500,13 @@ class Engine:
 
         # -- numbers
         steps = cfg.default_steps(spec) if steps in (None, "") else _number(steps, "Steps", 1, MAX_STEPS, integer=True)
-        guidance = spec.guidance if guidance in (None, "") else _number(guidance, "Text guidance", *GUIDANCE_RANGE)
-        if pre.scales and guidance == spec.guidance:
+        default_g, default_ig = self.scales(spec.key)
+        guidance = default_g if guidance in (None, "") else _number(guidance, "Text guidance", *GUIDANCE_RANGE)
+        if pre.scales and guidance == default_g:
             guidance = pre.scales[0]
         if spec.image_guidance is not None:
-            image_guidance = spec.image_guidance if image_guidance in (None, "") else _number(image_guidance, "Image guidance", *GUIDANCE_RANGE)
-            if pre.scales and image_guidance == spec.image_guidance:
+            image_guidance = default_ig if image_guidance in (None, "") else _number(image_guidance, "Image guidance", *GUIDANCE_RANGE)
+            if pre.scales and image_guidance == default_ig:
                 image_guidance = pre.scales[1]
         max_side = spec.max_side if max_side in (None, "") else _number(max_side, "Max side", *MAX_SIDE_RANGE, integer=True)
         if randomize_seed:

@@ -275,11 +275,11 @@ def build_app(
                         steps = gr.Slider(1, 200, value=cfg.default_steps(spec0), step=1, label="Steps", info="denoising steps", elem_id="steps")
                         max_side = gr.Slider(32, 1024, value=spec0.max_side, step=32, label="Max side", info="bound on the working resolution", elem_id="max_side")
                     with gr.Row():
-                        guidance = gr.Slider(*GUIDANCE_RANGE, value=spec0.guidance, step=0.1, label=spec0.guidance_labels[0], elem_id="guidance")
+                        guidance = gr.Slider(*GUIDANCE_RANGE, value=engine.scales(first)[0], step=0.1, label=spec0.guidance_labels[0], elem_id="guidance")
                         image_guidance = gr.Slider(
                             0.0,
                             10.0,
-                            value=spec0.image_guidance or 1.0,
+                            value=engine.scales(first)[1] or 1.0,
                             step=0.05,
                             label=spec0.guidance_labels[1],
                             visible=spec0.image_guidance is not None,
@@ -334,8 +334,8 @@ def build_app(
                 gr.update(visible=spec.takes("mask")),
                 gr.update(value=cfg.default_steps(spec)),
                 gr.update(value=spec.max_side),
-                gr.update(value=spec.guidance, label=spec.guidance_labels[0]),
-                gr.update(value=spec.image_guidance or 1.0, label=spec.guidance_labels[1], visible=spec.image_guidance is not None),
+                gr.update(value=engine.scales(key)[0], label=spec.guidance_labels[0]),
+                gr.update(value=engine.scales(key)[1] or 1.0, label=spec.guidance_labels[1], visible=spec.image_guidance is not None),
                 gr.update(interactive=spec.hgs is not None, value=False, info=_hgs_info(spec)),
                 gr.update(interactive=spec.hgs is not None, value=spec.hgs_strength),
                 _status_line(engine, key),

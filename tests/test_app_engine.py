@@ -345,3 +345,17 @@ def test_the_ui_builds_without_any_checkpoint(tmp_path):
     status = next(c for c in demo.config["components"] if c.get("props", {}).get("elem_id") == "status")
     assert "no checkpoint is configured" in status["props"]["value"]
     assert not (EXAMPLES_DIR.parent / "ui.pyi").exists()  # Gradio writes no stub files into the package
+
+
+def test_guidance_starts_from_the_models_own_defaults(tmp_path):
+    from editkit.cli import default_model
+
+    tuned = Engine(AppConfig(sources={"promptfix": str(default_model("promptfix")), "instructcv": None}))
+    assert tuned.scales("promptfix") == (3.0, 1.5)  # recorded in the shipped tiny model's model_index.json
+    d = {m["key"]: m for m in tuned.describe()}
+    assert (d["promptfix"]["guidance"], d["promptfix"]["image_guidance"]) == (3.0, 1.5)
+    (tmp_path / "model_index.json").write_text('{"_class_name": "PromptFixPipeline"}')
+    plain = Engine(AppConfig(sources={"promptfix": str(tmp_path), "instructcv": None}))
+    spec = get_method("promptfix")
+    assert plain.scales("promptfix") == (spec.guidance, spec.image_guidance) == (6.5, 1.25)
+    assert Engine(AppConfig(sources={"promptfix": "owner/name"})).scales("promptfix") == (6.5, 1.25)  # hub ids are not read
