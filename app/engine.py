@@ -431,6 +431,7 @@ class Engine:
         out = []
         for key, spec in METHODS.items():
             a = self.availability(key)
+            guidance, image_guidance = self.scales(key)
             out.append(
                 {
                     "key": key,
@@ -440,8 +441,8 @@ class Engine:
                     "loaded": self.cache.is_loaded((key, self.source(key) or "")),
                     "fields": sorted(spec.fields),
                     "steps": self.config.default_steps(spec),
-                    "guidance": self.scales(key)[0],
-                    "image_guidance": self.scales(key)[1],
+                    "guidance": guidance,
+                    "image_guidance": image_guidance,
                     "max_side": spec.max_side,
                     "hgs": spec.hgs is not None,
                     "presets": [

@@ -184,6 +184,7 @@ def build_app(
         cfg.allowed_roots.append(upload_dir)
     first = engine.default_method()
     spec0 = get_method(first)
+    scales0 = engine.scales(first)  # the model's own default guidance where it records one
     pre0 = spec0.presets[0]
     gr_cache = examples_cache_dir(engine, cache_dir)
 
@@ -275,11 +276,11 @@ def build_app(
                         steps = gr.Slider(1, 200, value=cfg.default_steps(spec0), step=1, label="Steps", info="denoising steps", elem_id="steps")
                         max_side = gr.Slider(32, 1024, value=spec0.max_side, step=32, label="Max side", info="bound on the working resolution", elem_id="max_side")
                     with gr.Row():
-                        guidance = gr.Slider(*GUIDANCE_RANGE, value=engine.scales(first)[0], step=0.1, label=spec0.guidance_labels[0], elem_id="guidance")
+                        guidance = gr.Slider(*GUIDANCE_RANGE, value=scales0[0], step=0.1, label=spec0.guidance_labels[0], elem_id="guidance")
                         image_guidance = gr.Slider(
                             0.0,
                             10.0,
-                            value=engine.scales(first)[1] or 1.0,
+                            value=scales0[1] or 1.0,
                             step=0.05,
                             label=spec0.guidance_labels[1],
                             visible=spec0.image_guidance is not None,
@@ -323,6 +324,7 @@ def build_app(
             keep = current_preset if current_preset in names else names[0]
             pre = spec.preset(keep)
             a = engine.availability(key)
+            scales = engine.scales(key)
             return (
                 gr.update(choices=names, value=keep),
                 gr.update(visible=pre.needs_label),
@@ -334,8 +336,8 @@ def build_app(
                 gr.update(visible=spec.takes("mask")),
                 gr.update(value=cfg.default_steps(spec)),
                 gr.update(value=spec.max_side),
-                gr.update(value=engine.scales(key)[0], label=spec.guidance_labels[0]),
-                gr.update(value=engine.scales(key)[1] or 1.0, label=spec.guidance_labels[1], visible=spec.image_guidance is not None),
+                gr.update(value=scales[0], label=spec.guidance_labels[0]),
+                gr.update(value=scales[1] or 1.0, label=spec.guidance_labels[1], visible=spec.image_guidance is not None),
                 gr.update(interactive=spec.hgs is not None, value=False, info=_hgs_info(spec)),
                 gr.update(interactive=spec.hgs is not None, value=spec.hgs_strength),
                 _status_line(engine, key),
