@@ -140,10 +140,11 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
                 f"but this UNet has {unet.config.in_channels}."
             )
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        # the default working size travels with the model (640 official; a 64 px shapes model works at 64)
-        self.register_to_config(resize_side=resize_side)
-        # the default scales travel with it too (official 6.5 / 1.25; a small model may be tuned to others)
-        self.register_to_config(guidance_scale=float(guidance_scale), image_guidance_scale=float(image_guidance_scale))
+        # the default working size and scales travel with the model (official 640 and 6.5 / 1.25; a 64 px
+        # shapes model works at 64 and may be tuned to other scales)
+        self.register_to_config(
+            resize_side=resize_side, guidance_scale=float(guidance_scale), image_guidance_scale=float(image_guidance_scale)
+        )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.size_multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
         # image -> auxiliary prompt (a `editkit.captioners.Captioner` or any callable returning a string);

@@ -291,6 +291,8 @@ def test_training_smoke_run_exports_a_loadable_pipeline(tmp_path):
     pipe = PromptFixPipeline.from_pretrained(tmp_path / "final")
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.config.auxiliary_cross_attention_dim == 32 and pipe.config.resize_side == 48
+    assert (pipe.config.guidance_scale, pipe.config.image_guidance_scale) == (3.0, 1.5)  # the recipe's model.options
+    assert pipe.scheduler.config.prediction_type == "v_prediction" and pipe.scheduler.config.rescale_betas_zero_snr
     from editkit.data.shapes import make_sample
 
     s = make_sample("dehaze", "test", 0, 80)

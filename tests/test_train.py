@@ -76,6 +76,7 @@ def test_config_errors_name_the_key():
     cfg = load_config(REPO / "configs/train/instructcv_shapes.yaml", ["train.max_steps=7"])
     assert cfg.train.max_steps == 7 and cfg.method == "instructcv"
 
+
 def test_recipe_base_is_loaded_first_and_overridden(tmp_path):
     (tmp_path / "parent.yaml").write_text("method: pixwizard\ntrain:\n  batch_size: 32\n  lr: 3.0e-4\ndata:\n  tasks: cv\n")
     (tmp_path / "child.yaml").write_text("base: parent.yaml\ntrain:\n  lr: 1.0e-3\ndata:\n  tasks: restore\n")
@@ -91,7 +92,6 @@ def test_recipe_base_is_loaded_first_and_overridden(tmp_path):
     (tmp_path / "typo.yaml").write_text("base: parent.yaml\ntrain:\n  max_step: 3\n")
     with pytest.raises(ValueError, match="unknown config key 'train.max_step'"):
         load_config(tmp_path / "typo.yaml")
-
 
 
 def test_resume_continues_exactly(tmp_path):

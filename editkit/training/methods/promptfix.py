@@ -60,8 +60,8 @@ class PromptFixTraining(MethodTraining):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"model.options.{g}_dropout must be in [0, 1], got {p}")
         self.resize_side = opts.pop("resize_side", int(cfg.data.size))  # the exported pipeline's working size
-        # the exported pipeline's default guidance scales (official 6.5 / 1.25)
-        self.guidance = {k: float(opts.pop(k, v)) for k, v in (("guidance_scale", 6.5), ("image_guidance_scale", 1.25))}
+        # default guidance scales for the exported pipeline; those not given keep the pipeline's (official)
+        self.guidance = {k: float(opts.pop(k)) for k in ("guidance_scale", "image_guidance_scale") if k in opts}
         if opts:
             raise ValueError(
                 f"unknown model.options for promptfix: {sorted(opts)}; known: dropout, *_dropout, resize_side, guidance_scale, image_guidance_scale"
