@@ -38,6 +38,7 @@ DEFAULTS: dict = {
         "size": 64,
         "num_samples": 20000,  # shapes: samples per epoch drawn on the fly
         "heldout_phrasings": False,
+        "task_weights": None,  # shapes: {task: whole number}, e.g. {colorize: 3}; unlisted tasks weigh 1
         "buckets": False,  # aspect-ratio buckets for mixed sizes
         "bucket_sizes": [[64, 64]],
         "cache": False,  # encode latents and text states once
@@ -62,6 +63,7 @@ DEFAULTS: dict = {
         "mixed_precision": "no",  # no | fp16 | bf16
         "gradient_checkpointing": False,
         "conditioning_dropout": 0.05,
+        "instruction_noise": 0.0,  # share of instructions rewritten with dropped and made-up words (PixWizard)
         "prediction_type": None,  # epsilon | v_prediction; null = the scheduler's
         "zero_terminal_snr": False,  # UNet methods: rescaled betas, pure noise at the last step (needs v_prediction)
         "ema": False,
@@ -87,7 +89,7 @@ def _flat_keys(cfg: dict, prefix: str = "") -> list[str]:
 
 def _check_keys(cfg: DictConfig, where: str) -> None:
     valid = _flat_keys(DEFAULTS)
-    free = ("train.lora.target_modules", "data.bucket_sizes", "model.options")  # lists; plugin-owned options
+    free = ("train.lora.target_modules", "data.bucket_sizes", "data.task_weights", "model.options")  # lists; plugin-owned options
     for key in _flat_keys(OmegaConf.to_container(cfg)):
         if key in valid or any(key.startswith(f + ".") for f in free):
             continue
@@ -142,6 +144,10 @@ def _check_values(cfg: DictConfig) -> None:
             raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
     if not 0.0 <= float(t.conditioning_dropout) <= 1.0 / 3.0:
         raise ValueError(f"train.conditioning_dropout must be in [0, 1/3], got {t.conditioning_dropout}")
+    if not 0.0 <= float(t.instruction_noise) <= 1.0:
+        raise ValueError(f"train.instruction_noise must be in [0, 1], got {t.instruction_noise}")
+    if float(t.instruction_noise) > 0 and cfg.method != "pixwizard":
+        raise ValueError(f"train.instruction_noise is implemented for method pixwizard only, not {cfg.method!r}")
     if cfg.data.source not in ("shapes", "folder", "datasets"):
         raise ValueError(f"data.source must be shapes, folder or datasets, got {cfg.data.source!r}")
     if cfg.data.source != "shapes" and not cfg.data.path:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset, Sampler
 
 from editkit.images import load_image
@@ -35,15 +36,31 @@ def _column(columns, names: tuple[str, ...], what: str, where: str) -> str:
 
 
 class ShapesPairs(Dataset):
-    """The shapes benchmark, generated on the fly: item i is task tasks[i % T], index i // T."""
+    """The shapes benchmark, generated on the fly.
 
-    def __init__(self, tasks: str, num_samples: int, size: int, split: str = "train", seed: int = 0, heldout: bool = False):
+    Without `task_weights` item i is task tasks[i % T], index i // T. With weights
+    ({task: w}, unlisted tasks 1) a round of sum(w) items holds w items of each task,
+    interleaved, and every task's indices still run 0, 1, 2, ... without repeats.
+    """
+
+    def __init__(self, tasks: str, num_samples: int, size: int, split: str = "train", seed: int = 0, heldout: bool = False,
+                 task_weights: dict[str, int] | None = None):
         from editkit.data.shapes import parse_tasks
 
         self.tasks = parse_tasks(tasks, "data.tasks")
         self.num_samples, self.size, self.split, self.seed, self.heldout = int(num_samples), int(size), split, int(seed), heldout
         if self.num_samples < 1:
             raise ValueError(f"data.num_samples must be >= 1, got {num_samples}")
+        weights = dict(task_weights or {})
+        for name, w in weights.items():
+            if name not in self.tasks:
+                raise ValueError(f"data.task_weights names '{name}', which is not in data.tasks {self.tasks}")
+            if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+                raise ValueError(f"data.task_weights.{name} must be a whole number >= 1, got {w!r}")
+        w = [weights.get(t, 1) for t in self.tasks]
+        # slot -> (task, its k-th slot of the round): round r takes every task whose weight exceeds r
+        self.slots = [(t, r) for r in range(max(w)) for t, wt in zip(self.tasks, w) if wt > r]
+        self.weight = dict(zip(self.tasks, w))
 
     def __len__(self) -> int:
         return self.num_samples
@@ -51,11 +68,16 @@ class ShapesPairs(Dataset):
     def image_size(self, i: int) -> tuple[int, int]:
         return (self.size, self.size)
 
+    def task_index(self, i: int) -> tuple[str, int]:
+        """The task of item i and its index within that task's samples."""
+        task, k = self.slots[i % len(self.slots)]
+        return task, (i // len(self.slots)) * self.weight[task] + k
+
     def __getitem__(self, i: int) -> dict:
         from editkit.data.shapes import make_sample
 
-        t = len(self.tasks)
-        s = make_sample(self.tasks[i % t], self.split, i // t, self.size, seed=self.seed, heldout=self.heldout)
+        task, index = self.task_index(i)
+        s = make_sample(task, self.split, index, self.size, seed=self.seed, heldout=self.heldout)
         return {"index": i, "source": s.source, "target": s.target, "instruction": s.instruction, "auxiliary_prompt": s.auxiliary_prompt, "task": s.task,
                 "references": list(s.references)}
 
@@ -146,7 +168,8 @@ class HFPairs(Dataset):
 
 def build_dataset(data_cfg, seed: int, split: str = "train") -> Dataset:
     if data_cfg.source == "shapes":
-        return ShapesPairs(data_cfg.tasks, data_cfg.num_samples, data_cfg.size, split, seed, bool(data_cfg.heldout_phrasings))
+        weights = OmegaConf.to_container(data_cfg.task_weights) if isinstance(data_cfg.task_weights, DictConfig) else data_cfg.task_weights
+        return ShapesPairs(data_cfg.tasks, data_cfg.num_samples, data_cfg.size, split, seed, bool(data_cfg.heldout_phrasings), weights)
     if data_cfg.source == "folder":
         return FolderPairs(data_cfg.path)
     return HFPairs(data_cfg.path)

@@ -38,6 +38,8 @@ from editkit.testing.pixwizard import (
     tiny_pixwizard_transformer,
 )
 
+from editkit.training.prompts import noisy_instructions
+
 from .base import MethodTraining, scaled_target_latents
 
 OPTION_DEFAULTS = {
@@ -109,6 +111,7 @@ class PixWizardTraining(MethodTraining):
         self.image_encoder.requires_grad_(False).eval()
         self.text_encoder.requires_grad_(bool(m.train_text_encoder))
         self.dropout = pixwizard_dropout(float(cfg.train.conditioning_dropout))
+        self.instruction_noise = float(cfg.train.instruction_noise)
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         mods = {"transformer": self.transformer}
@@ -168,7 +171,10 @@ class PixWizardTraining(MethodTraining):
         x_t = noisy(data, noise, sigmas)
         target = data - noise  # PixWizard's velocity u = x1 - x0
 
-        prompts = batch["instruction"] + [""]
+        instructions = batch["instruction"]
+        if self.instruction_noise > 0:  # drawn after everything above, so runs without it keep their streams
+            instructions = noisy_instructions(instructions, generators, self.instruction_noise)
+        prompts = instructions + [""]
         states, mask = encode_llm_text(self.tokenizer, text_encoder, prompts, device, max_length=int(self.options["llm_max_length"]))
         with torch.no_grad():
             pooled = encode_clip_pooled(self.clip_tokenizer, self.clip_text_encoder, prompts, device)

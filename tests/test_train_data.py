@@ -1,0 +1,63 @@
+"""Training-data options: task weights for the shapes stream and instruction noise."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from editkit.training.config import load_config
+from editkit.training.data import ShapesPairs, build_dataset
+from editkit.training.prompts import noisy_instruction, noisy_instructions
+
+
+def test_unweighted_stream_is_round_robin():
+    ds = ShapesPairs("denoise,deblur,colorize", 30, 48)
+    assert [ds.task_index(i) for i in range(7)] == [
+        ("denoise", 0), ("deblur", 0), ("colorize", 0), ("denoise", 1), ("deblur", 1), ("colorize", 1), ("denoise", 2)]
+
+
+def test_task_weights_set_the_mix_and_never_repeat_a_sample():
+    ds = ShapesPairs("denoise,deblur,colorize", 600, 48, task_weights={"colorize": 3, "deblur": 2})
+    pairs = [ds.task_index(i) for i in range(600)]
+    counts = Counter(t for t, _ in pairs)
+    assert counts == {"denoise": 100, "deblur": 200, "colorize": 300}
+    for task, n in counts.items():  # each task's indices are 0..n-1, each once
+        assert sorted(k for t, k in pairs if t == task) == list(range(n))
+    item = ds[5]
+    assert item["task"] == pairs[5][0] and item["index"] == 5
+
+
+def test_task_weights_from_the_command_line_and_their_errors():
+    cfg = load_config(None, ["data.tasks=denoise,colorize", "data.task_weights.colorize=4", "data.num_samples=10", "data.size=48"])
+    ds = build_dataset(cfg.data, seed=0)
+    assert Counter(ds.task_index(i)[0] for i in range(10)) == {"colorize": 8, "denoise": 2}
+    with pytest.raises(ValueError, match="task_weights names 'dehaze'"):
+        ShapesPairs("denoise,colorize", 10, 48, task_weights={"dehaze": 2})
+    with pytest.raises(ValueError, match="task_weights.colorize must be a whole number >= 1"):
+        ShapesPairs("denoise,colorize", 10, 48, task_weights={"colorize": 0})
+
+
+def test_noisy_instruction_keeps_known_words_and_adds_made_up_ones():
+    text = "Remove the haze from this picture."
+    words = set(text.split())
+    for seed in range(50):
+        out = noisy_instruction(text, torch.Generator().manual_seed(seed)).split()
+        kept = [w for w in out if w in words]
+        new = [w for w in out if w not in words]
+        assert kept and kept == [w for w in text.split() if w in kept]  # order kept, one word always survives
+        assert 1 <= len(new) <= 3 and all(w.isalpha() and w.islower() and 2 <= len(w) <= 8 for w in new)
+    a = noisy_instruction(text, torch.Generator().manual_seed(3))
+    assert a == noisy_instruction(text, torch.Generator().manual_seed(3))
+
+
+def test_noisy_instructions_share():
+    texts = [f"Dehaze image number {i}." for i in range(400)]
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(400)]  # noqa: E731
+    assert noisy_instructions(texts, gens(), 0.0) == texts
+    assert all(a != b for a, b in zip(noisy_instructions(texts, gens(), 1.0), texts))
+    changed = sum(a != b for a, b in zip(noisy_instructions(texts, gens(), 0.25), texts))
+    assert 70 <= changed <= 130  # 100 expected
+    with pytest.raises(ValueError, match="instruction_noise is implemented for method pixwizard only"):
+        load_config(None, ["method=instructcv", "train.instruction_noise=0.2"])
+    with pytest.raises(ValueError, match=r"instruction_noise must be in \[0, 1\]"):
+        load_config(None, ["method=pixwizard", "train.instruction_noise=1.5"])
