@@ -219,3 +219,13 @@ def test_zero_terminal_snr_trains_v_prediction_and_exports_its_sampler(tmp_path)
     exported = json.loads((out / "final" / "scheduler" / "scheduler_config.json").read_text())
     assert exported["prediction_type"] == "v_prediction" and exported["rescale_betas_zero_snr"] is True
     assert exported["timestep_spacing"] == "trailing"
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "configs/train").glob("*.yaml")))
+def test_every_recipe_loads_and_stage_twos_resume_their_stage_one(recipe):
+    cfg = load_config(REPO / "configs/train" / recipe)
+    resume = cfg.checkpoint.resume
+    if resume not in (None, "latest"):  # a stage-2 recipe: resumes from the last step of another recipe's run
+        stage1 = [load_config(p) for p in (REPO / "configs/train").glob("*.yaml")]
+        owner = [c for c in stage1 if resume == f"{c.output_dir}/checkpoint-{c.train.max_steps}"]
+        assert owner and owner[0].method == cfg.method and owner[0].train.max_steps < cfg.train.max_steps
