@@ -351,9 +351,9 @@ def test_guidance_starts_from_the_models_own_defaults(tmp_path):
     from editkit.cli import default_model
 
     tuned = Engine(AppConfig(sources={"promptfix": str(default_model("promptfix")), "instructcv": None}))
-    assert tuned.scales("promptfix") == (3.0, 1.5)  # recorded in the shipped tiny model's model_index.json
+    assert tuned.scales("promptfix") == (2.0, 1.5)  # recorded in the shipped tiny model's model_index.json
     d = {m["key"]: m for m in tuned.describe()}
-    assert (d["promptfix"]["guidance"], d["promptfix"]["image_guidance"]) == (3.0, 1.5)
+    assert (d["promptfix"]["guidance"], d["promptfix"]["image_guidance"]) == (2.0, 1.5)
     (tmp_path / "model_index.json").write_text('{"_class_name": "PromptFixPipeline"}')
     plain = Engine(AppConfig(sources={"promptfix": str(tmp_path), "instructcv": None}))
     spec = get_method("promptfix")
