@@ -287,7 +287,7 @@ def _train(out, *extra):
 
 
 def test_training_smoke_run_exports_a_loadable_pipeline(tmp_path):
-    _train(tmp_path, "data.cache=true")
+    _train(tmp_path, "data.cache=true", "train.instruction_noise=0.5")
     pipe = PromptFixPipeline.from_pretrained(tmp_path / "final")
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.config.auxiliary_cross_attention_dim == 32 and pipe.config.resize_side == 48
