@@ -214,12 +214,21 @@ def _twenty_at_once(url: str, photo, steps: int) -> tuple[list, list, float]:
     results: list = [None] * 20
     start = threading.Barrier(20)
 
+    # one distinct photo per caller: gradio caches files under a hash of their bytes, and 20 identical
+    # images written and served at once can race inside gradio (seen once under heavy CPU load)
+    photos = []
+    for k in range(20):
+        arr = np.asarray(PIL.Image.open(photo)).copy()
+        arr[0, 0, 0] = k
+        photos.append(Path(photo).with_name(f"photo_{k}.png"))
+        PIL.Image.fromarray(arr).save(photos[k])
+
     def call(k: int) -> None:
         client = gradio_client.Client(url, verbose=False)
         start.wait()
         t0 = time.monotonic()
         try:
-            out = client.predict("instructcv", gradio_client.handle_file(str(photo)), "make it red", steps=steps, seed=k, randomize_seed=False, api_name="/edit")
+            out = client.predict("instructcv", gradio_client.handle_file(str(photos[k])), "make it red", steps=steps, seed=k, randomize_seed=False, api_name="/edit")
             results[k] = ("answered", PIL.Image.open(out[1]).size, time.monotonic() - t0)
         except Exception as err:  # noqa: BLE001 - classified by the caller
             results[k] = ("refused", str(err), time.monotonic() - t0)
