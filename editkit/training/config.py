@@ -89,7 +89,7 @@ def _flat_keys(cfg: dict, prefix: str = "") -> list[str]:
 
 def _check_keys(cfg: DictConfig, where: str) -> None:
     valid = _flat_keys(DEFAULTS)
-    free = ("train.lora.target_modules", "data.bucket_sizes", "data.task_weights", "model.options")  # lists; plugin-owned options
+    free = ("train.lora.target_modules", "data.bucket_sizes", "data.task_weights", "model.options")  # lists, a free-form {task: weight} map, plugin-owned options
     for key in _flat_keys(OmegaConf.to_container(cfg)):
         if key in valid or any(key.startswith(f + ".") for f in free):
             continue
