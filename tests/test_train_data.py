@@ -61,3 +61,27 @@ def test_noisy_instructions_share():
         load_config(None, ["method=instructcv", "train.instruction_noise=0.2"])
     with pytest.raises(ValueError, match=r"instruction_noise must be in \[0, 1\]"):
         load_config(None, ["method=pixwizard", "train.instruction_noise=1.5"])
+
+
+def test_instruction_noise_drop_rate():
+    """`train.instruction_noise_drop` sets the share of words dropped; the default (0.25) keeps the old draws."""
+    text = "Remove the red circle from the image and restore the background behind it."  # 13 words
+    n_words = len(text.split())
+
+    def kept_share(drop: float) -> float:
+        kept = 0
+        for seed in range(200):
+            out = noisy_instruction(text, torch.Generator().manual_seed(seed), drop=drop).split()
+            kept += sum(w in text.split() for w in out)
+        return kept / (200 * n_words)
+
+    assert kept_share(0.0) == 1.0
+    assert abs(kept_share(0.25) - 0.75) < 0.03
+    assert abs(kept_share(0.5) - 0.5) < 0.03
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(20)]  # noqa: E731
+    texts = [text] * 20
+    assert noisy_instructions(texts, gens(), 1.0) == noisy_instructions(texts, gens(), 1.0, 0.25)
+    assert noisy_instructions(texts, gens(), 1.0) != noisy_instructions(texts, gens(), 1.0, 0.5)
+    assert float(load_config(None, ["method=promptfix"]).train.instruction_noise_drop) == 0.25
+    with pytest.raises(ValueError, match=r"instruction_noise_drop must be in \[0, 1\)"):
+        load_config(None, ["method=promptfix", "train.instruction_noise=0.5", "train.instruction_noise_drop=1.0"])

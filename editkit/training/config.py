@@ -64,6 +64,7 @@ DEFAULTS: dict = {
         "gradient_checkpointing": False,
         "conditioning_dropout": 0.05,
         "instruction_noise": 0.0,  # share of instructions rewritten with dropped and made-up words (PixWizard, PromptFix)
+        "instruction_noise_drop": 0.25,  # in a rewritten instruction, the probability each word is dropped
         "prediction_type": None,  # epsilon | v_prediction; null = the scheduler's
         "zero_terminal_snr": False,  # UNet methods: rescaled betas, pure noise at the last step (needs v_prediction)
         "ema": False,
@@ -146,6 +147,8 @@ def _check_values(cfg: DictConfig) -> None:
         raise ValueError(f"train.conditioning_dropout must be in [0, 1/3], got {t.conditioning_dropout}")
     if not 0.0 <= float(t.instruction_noise) <= 1.0:
         raise ValueError(f"train.instruction_noise must be in [0, 1], got {t.instruction_noise}")
+    if not 0.0 <= float(t.instruction_noise_drop) < 1.0:
+        raise ValueError(f"train.instruction_noise_drop must be in [0, 1), got {t.instruction_noise_drop}")
     if float(t.instruction_noise) > 0 and cfg.method not in ("pixwizard", "promptfix"):
         raise ValueError(f"train.instruction_noise is implemented for methods pixwizard and promptfix, not {cfg.method!r}")
     if cfg.data.source not in ("shapes", "folder", "datasets"):

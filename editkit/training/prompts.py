@@ -34,10 +34,12 @@ def noisy_instruction(text: str, generator: torch.Generator, drop: float = 0.25,
     return " ".join(out)
 
 
-def noisy_instructions(texts: list[str], generators: list[torch.Generator], share: float) -> list[str]:
+def noisy_instructions(
+    texts: list[str], generators: list[torch.Generator], share: float, drop: float = 0.25
+) -> list[str]:
     """Rewrite each instruction with probability `share`; one uniform draw per sample, always, to keep streams aligned."""
     out = []
     for text, g in zip(texts, generators):
         u = float(torch.rand((), generator=g))
-        out.append(noisy_instruction(text, g) if u < share else text)
+        out.append(noisy_instruction(text, g, drop) if u < share else text)
     return out

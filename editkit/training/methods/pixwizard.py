@@ -112,6 +112,7 @@ class PixWizardTraining(MethodTraining):
         self.text_encoder.requires_grad_(bool(m.train_text_encoder))
         self.dropout = pixwizard_dropout(float(cfg.train.conditioning_dropout))
         self.instruction_noise = float(cfg.train.instruction_noise)
+        self.instruction_noise_drop = float(cfg.train.instruction_noise_drop)
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         mods = {"transformer": self.transformer}
@@ -173,7 +174,7 @@ class PixWizardTraining(MethodTraining):
 
         instructions = batch["instruction"]
         if self.instruction_noise > 0:  # drawn after everything above, so runs without it keep their streams
-            instructions = noisy_instructions(instructions, generators, self.instruction_noise)
+            instructions = noisy_instructions(instructions, generators, self.instruction_noise, self.instruction_noise_drop)
         prompts = instructions + [""]
         states, mask = encode_llm_text(self.tokenizer, text_encoder, prompts, device, max_length=int(self.options["llm_max_length"]))
         with torch.no_grad():

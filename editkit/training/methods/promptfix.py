@@ -63,6 +63,7 @@ class PromptFixTraining(MethodTraining):
         self.resize_side = opts.pop("resize_side", int(cfg.data.size))  # the exported pipeline's working size
         # default guidance scales for the exported pipeline; those not given keep the pipeline's (official)
         self.instruction_noise = float(cfg.train.instruction_noise)
+        self.instruction_noise_drop = float(cfg.train.instruction_noise_drop)
         self.guidance = {k: float(opts.pop(k)) for k in ("guidance_scale", "image_guidance_scale") if k in opts}
         if opts:
             raise ValueError(
@@ -160,7 +161,7 @@ class PromptFixTraining(MethodTraining):
             raise ValueError("PromptFix training needs auxiliary prompts in the batch (collate/cache provide `auxiliary_prompt`).")
         instructions = list(batch["instruction"])
         if self.instruction_noise > 0:  # drawn after everything above, so runs without it keep their streams
-            instructions = noisy_instructions(instructions, generators, self.instruction_noise)
+            instructions = noisy_instructions(instructions, generators, self.instruction_noise, self.instruction_noise_drop)
         states = encode_clip_text(self.tokenizer, text_encoder, instructions + list(auxiliary) + [""], device)
         cond = build_conditioning(states[:bsz], states[-1:], lat["image_latents"], noisy.dtype, states[bsz : 2 * bsz])
         selected = split_text_groups(cond).select(drop)
