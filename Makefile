@@ -29,7 +29,7 @@ edit: venv
 # `make tiny-vae` retrains that VAE (sized for a GPU).
 METHOD ?= instructcv
 # the recipes of the shipped model (PixWizard ships its CPU-sized recipe; pixwizard_shapes is the full GPU one)
-RECIPES = $(if $(filter dream,$(METHOD)),dream_stage1_shapes dream_stage2_shapes,$(if $(filter pixwizard,$(METHOD)),pixwizard_shapes_cpu pixwizard_shapes_cpu_noise,$(if $(filter promptfix,$(METHOD)),promptfix_shapes promptfix_shapes_weighted promptfix_shapes_noise promptfix_shapes_noise_strong,$(METHOD)_shapes)))
+RECIPES = $(if $(filter dream,$(METHOD)),dream_stage1_shapes dream_stage2_shapes,$(if $(filter pixwizard,$(METHOD)),pixwizard_shapes_cpu pixwizard_shapes_cpu_noise pixwizard_shapes_cpu_noise_strong,$(if $(filter promptfix,$(METHOD)),promptfix_shapes promptfix_shapes_weighted promptfix_shapes_noise promptfix_shapes_noise_strong,$(METHOD)_shapes)))
 tiny-model: venv
 	@test -f configs/train/$(firstword $(RECIPES)).yaml || { echo "no recipe for METHOD=$(METHOD): configs/train/$(firstword $(RECIPES)).yaml"; exit 2; }
 	for r in $(RECIPES); do $(BIN)/python train/train.py --config configs/train/$$r.yaml || exit 1; done
