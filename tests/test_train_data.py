@@ -7,7 +7,7 @@ import torch
 
 from editkit.training.config import load_config
 from editkit.training.data import ShapesPairs, build_dataset
-from editkit.training.prompts import noisy_instruction, noisy_instructions
+from editkit.training.prompts import WORD_DROP, noisy_instruction, noisy_instructions
 
 
 def test_unweighted_stream_is_round_robin():
@@ -82,6 +82,6 @@ def test_instruction_noise_drop_rate():
     texts = [text] * 20
     assert noisy_instructions(texts, gens(), 1.0) == noisy_instructions(texts, gens(), 1.0, 0.25)
     assert noisy_instructions(texts, gens(), 1.0) != noisy_instructions(texts, gens(), 1.0, 0.5)
-    assert float(load_config(None, ["method=promptfix"]).train.instruction_noise_drop) == 0.25
+    assert float(load_config(None, ["method=promptfix"]).train.instruction_noise_drop) == WORD_DROP == 0.25
     with pytest.raises(ValueError, match=r"instruction_noise_drop must be in \[0, 1\)"):
         load_config(None, ["method=promptfix", "train.instruction_noise=0.5", "train.instruction_noise_drop=1.0"])

@@ -64,7 +64,7 @@ DEFAULTS: dict = {
         "gradient_checkpointing": False,
         "conditioning_dropout": 0.05,
         "instruction_noise": 0.0,  # share of instructions rewritten with dropped and made-up words (PixWizard, PromptFix)
-        "instruction_noise_drop": 0.25,  # in a rewritten instruction, the probability each word is dropped
+        "instruction_noise_drop": 0.25,  # in a rewritten instruction, the probability each word is dropped (prompts.WORD_DROP)
         "prediction_type": None,  # epsilon | v_prediction; null = the scheduler's
         "zero_terminal_snr": False,  # UNet methods: rescaled betas, pure noise at the last step (needs v_prediction)
         "ema": False,

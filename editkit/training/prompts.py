@@ -14,6 +14,7 @@ import string
 import torch
 
 LETTERS = string.ascii_lowercase
+WORD_DROP = 0.25  # default per-word drop rate (train.instruction_noise_drop)
 
 
 def _randint(low: int, high: int, generator: torch.Generator) -> int:
@@ -21,7 +22,7 @@ def _randint(low: int, high: int, generator: torch.Generator) -> int:
     return int(torch.randint(low, high + 1, (), generator=generator))
 
 
-def noisy_instruction(text: str, generator: torch.Generator, drop: float = 0.25, max_inserted: int = 3) -> str:
+def noisy_instruction(text: str, generator: torch.Generator, drop: float = WORD_DROP, max_inserted: int = 3) -> str:
     """Drop each word with probability `drop` (one word always survives), insert 1..max_inserted made-up words."""
     words = text.split()
     keep = (torch.rand(len(words), generator=generator) >= drop).tolist()
@@ -35,7 +36,7 @@ def noisy_instruction(text: str, generator: torch.Generator, drop: float = 0.25,
 
 
 def noisy_instructions(
-    texts: list[str], generators: list[torch.Generator], share: float, drop: float = 0.25
+    texts: list[str], generators: list[torch.Generator], share: float, drop: float = WORD_DROP
 ) -> list[str]:
     """Rewrite each instruction with probability `share`; one uniform draw per sample, always, to keep streams aligned."""
     out = []

@@ -61,9 +61,9 @@ class PromptFixTraining(MethodTraining):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"model.options.{g}_dropout must be in [0, 1], got {p}")
         self.resize_side = opts.pop("resize_side", int(cfg.data.size))  # the exported pipeline's working size
-        # default guidance scales for the exported pipeline; those not given keep the pipeline's (official)
         self.instruction_noise = float(cfg.train.instruction_noise)
         self.instruction_noise_drop = float(cfg.train.instruction_noise_drop)
+        # default guidance scales for the exported pipeline; those not given keep the pipeline's (official)
         self.guidance = {k: float(opts.pop(k)) for k in ("guidance_scale", "image_guidance_scale") if k in opts}
         if opts:
             raise ValueError(
