@@ -37,6 +37,7 @@ from editkit.testing import tiny_vae
 from editkit.testing.sd3 import sd3_flow_scheduler, tiny_sd3_transformer
 from editkit.testing.unic import tiny_sd3_text_stack
 
+from ..tokens import MemoTokenizer
 from .base import MethodTraining, randn_per_sample, scaled_target_latents
 
 OPTION_DEFAULTS = {
@@ -119,6 +120,8 @@ class UNICTraining(MethodTraining):
                 enc.requires_grad_(bool(m.train_text_encoder))
         self._set_trainable(o)
         self.dropout = unic_dropout(float(cfg.train.conditioning_dropout))
+        # the loss re-tokenizes the same captions every epoch; the export keeps the plain tokenizers
+        self.train_tokenizers = [MemoTokenizer(t) if t is not None else None for t in self.tokenizers]
 
     def _load_pretrained(self, src: str, o: dict) -> None:
         """A UNIC pipeline folder, or an SD3 pipeline folder whose transformer gets a fresh adapter."""
@@ -224,7 +227,7 @@ class UNICTraining(MethodTraining):
         x_t = noisy(x0, noise, sigmas)
 
         texts = list(batch["auxiliary_prompt"]) + list(batch["instruction"]) + [""]
-        states, pooled = encode_sd3_text(self.tokenizers, encoders, texts, self.t5_length,
+        states, pooled = encode_sd3_text(self.train_tokenizers, encoders, texts, self.t5_length,
                                          self.transformer.config.joint_attention_dim, device, clip_max_length=self.max_length)
         cond = build_conditioning(states[:bsz], pooled[:bsz], states[bsz:2 * bsz], pooled[bsz:2 * bsz], states[-1:], pooled[-1:],
                                   lat["control_latents"], x_t.dtype)
