@@ -187,6 +187,30 @@ def test_cfg_null_keeps_the_image_tokens(parts, pipe):
     assert (alone - other).abs().max() > 1e-3  # the null still sees the images
 
 
+def test_shared_images_are_processed_once_with_the_same_outputs(parts):
+    """cond and null prompts share image objects; the processor resizes each distinct one once."""
+    proc = parts["proc"]
+    wide = PIL.Image.new("RGB", (96, 48), (20, 200, 20))
+    cond, null = task_prompts("interleaved", parts=interleave_references("Put image 1 on image 2.", [wide, BLUE]))
+    edit, edit_null = task_prompts("edit", image=RED, text="make it blue")
+    shared = tokenize_prompts(proc, [cond, null, edit, edit_null])
+    copies = [task_prompts("interleaved", parts=interleave_references("Put image 1 on image 2.", [wide.copy(), BLUE.copy()]))[1],
+              task_prompts("edit", image=RED.copy(), text="make it blue")[1]]
+    separate = tokenize_prompts(proc, [cond, copies[0], edit, copies[1]])
+    assert shared.keys() == separate.keys()
+    for key in shared:
+        assert torch.equal(shared[key], separate[key]), key
+    assert shared["image_grid_thw"].shape[0] == 6  # one row per image occurrence, duplicates included
+    calls = []
+    original = type(proc.image_processor).__call__
+    type(proc.image_processor).__call__ = lambda self, images, **kw: calls.append(len(images)) or original(self, images, **kw)
+    try:
+        tokenize_prompts(proc, [cond, null, edit, edit_null])
+    finally:
+        type(proc.image_processor).__call__ = original
+    assert calls == [3]  # wide, BLUE, RED
+
+
 # -- 3: the pipeline ---------------------------------------------------------------------------
 
 

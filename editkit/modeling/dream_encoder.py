@@ -170,6 +170,27 @@ class Qwen2VLImageProcessorOnly(Qwen2VLProcessor):
         self.video_token_id = getattr(tokenizer, "video_token_id", None) or tokenizer.convert_tokens_to_ids(self.video_token)
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
+    def _process_images(self, images, **kwargs):
+        """Each distinct image object once: a batch's guidance nulls keep their prompts' images, so every
+        image appears twice, and resizing plus patching is most of a training step's prompt processing.
+        (transformers 5.x routes images through this hook; 4.x never calls it.)"""
+        flat = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not all(isinstance(im, PIL.Image.Image) for im in flat):
+            return super()._process_images(images, **kwargs)
+        slot: dict[int, int] = {}
+        for im in flat:
+            slot.setdefault(id(im), len(slot))
+        if len(slot) == len(flat):
+            return super()._process_images(images, **kwargs)
+        unique = list({id(im): im for im in flat}.values())
+        where = [slot[id(im)] for im in flat]
+        processed, replacements = super()._process_images(unique, **kwargs)
+        grid = torch.as_tensor(processed["image_grid_thw"])
+        pieces = torch.as_tensor(processed["pixel_values"]).split(grid.prod(-1).tolist())
+        processed["pixel_values"] = torch.cat([pieces[j] for j in where])
+        processed["image_grid_thw"] = grid[where]
+        return processed, [replacements[j] for j in where]
+
 
 def lmm_hidden_size(lmm) -> int:
     """The LLM width (transformers 5.x keeps it only in `text_config`)."""
