@@ -32,3 +32,18 @@ def test_shipped_model_beats_identity(method, task, margin, n, one_torch_thread)
     model, identity = scores["model"][key], scores["identity"][key]
     gain = model - identity if res["higher_is_better"] else identity - model
     assert gain > margin, f"{method} {task}: {key} {model:.3f} vs identity {identity:.3f}"
+
+
+def test_shipped_unic_follows_its_condition(one_torch_thread):
+    """The UNIC-Adapter claim is against its own control-free run (`control_scale=0`), not identity: on canny maps
+    the adapter must raise both PSNR to the target and edge F1 to the map (docs/tiny_models.md)."""
+    path = default_model("unic")
+    assert path is not None, "the package ships editkit/models/unic-tiny"
+    pipe = pipeline_class("unic").from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    task = "canny_to_image"
+    runs = [evaluate(pipe, "unic", task, n=4, steps=10, batch_size=4, progress=False, call_args=args)["tasks"][task]["scores"]["model"]
+            for args in (None, {"control_scale": 0})]
+    (cond, free) = runs
+    assert cond["psnr"] - free["psnr"] > 0.5, (cond["psnr"], free["psnr"])
+    assert cond["edge_f1"] - free["edge_f1"] > 0.05, (cond["edge_f1"], free["edge_f1"])
