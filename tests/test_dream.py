@@ -187,7 +187,7 @@ def test_cfg_null_keeps_the_image_tokens(parts, pipe):
     assert (alone - other).abs().max() > 1e-3  # the null still sees the images
 
 
-def test_shared_images_are_processed_once_with_the_same_outputs(parts):
+def test_shared_images_are_processed_once_with_the_same_outputs(parts, monkeypatch):
     """cond and null prompts share image objects; the processor resizes each distinct one once."""
     proc = parts["proc"]
     wide = PIL.Image.new("RGB", (96, 48), (20, 200, 20))
@@ -203,11 +203,9 @@ def test_shared_images_are_processed_once_with_the_same_outputs(parts):
     assert shared["image_grid_thw"].shape[0] == 6  # one row per image occurrence, duplicates included
     calls = []
     original = type(proc.image_processor).__call__
-    type(proc.image_processor).__call__ = lambda self, images, **kw: calls.append(len(images)) or original(self, images, **kw)
-    try:
-        tokenize_prompts(proc, [cond, null, edit, edit_null])
-    finally:
-        type(proc.image_processor).__call__ = original
+    monkeypatch.setattr(type(proc.image_processor), "__call__",
+                        lambda self, images, **kw: calls.append(len(images)) or original(self, images, **kw))
+    tokenize_prompts(proc, [cond, null, edit, edit_null])
     assert calls == [3]  # wide, BLUE, RED
 
 
