@@ -209,6 +209,46 @@ def test_shared_images_are_processed_once_with_the_same_outputs(parts, monkeypat
     assert calls == [3]  # wide, BLUE, RED
 
 
+def test_patches_attached_in_workers_are_reused(parts, monkeypatch):
+    """`attach_patches` (the training collate, in the DataLoader workers) leaves the processor nothing to redo;
+    the outputs equal a fresh processing, survive pickling, and a processor with other settings ignores them."""
+    import pickle
+
+    from editkit.modeling.dream_encoder import attach_patches
+    from editkit.testing.dream import tiny_qwen2_vl_processor
+
+    proc = parts["proc"]
+    wide = PIL.Image.new("RGB", (96, 48), (20, 200, 20))
+    def prompts(images):  # as the trainer builds them: the interleaved prompt holds RGB copies of the references
+        return [*task_prompts("interleaved", parts=interleave_references("Put image 1 on image 2.", images[:2])),
+                *task_prompts("edit", image=images[2], text="make it blue")]
+
+    fresh = tokenize_prompts(proc, prompts([wide.copy(), RED.copy(), BLUE.copy()]))
+    calls = []
+    original = type(proc.image_processor).__call__
+    monkeypatch.setattr(type(proc.image_processor), "__call__",
+                        lambda self, images, **kw: calls.append(len(images)) or original(self, images, **kw))
+    images = [wide.copy(), RED.copy(), BLUE.copy()]
+    attach_patches(proc, images[:2])  # the edit image is left to the processor
+    assert calls == [2]
+    reused = tokenize_prompts(proc, prompts(images))
+    assert calls == [2, 1]  # only the image without patches
+    for key in fresh:
+        assert torch.equal(reused[key], fresh[key]), key
+    attach_patches(proc, images)
+    assert calls == [2, 1, 1]  # images that carry patches are skipped
+    moved = [pickle.loads(pickle.dumps(im)) for im in images]  # what a DataLoader worker hands back
+    tokenize_prompts(proc, prompts(moved))
+    assert calls == [2, 1, 1]  # nothing recomputed
+    other = tiny_qwen2_vl_processor(pixels=56)  # other settings: the stored patches do not apply
+    assert other.patch_signature != proc.patch_signature
+    tokenize_prompts(other, prompts(images))
+    assert calls[-1] == 3
+    changed = images[0].resize((48, 96))  # PIL copies `info` into derived images; other pixels, other key
+    assert changed.info and tokenize_prompts(proc, prompts([changed, *images[1:]]))["image_grid_thw"][0].tolist() != fresh["image_grid_thw"][0].tolist()
+    assert calls[-1] == 1
+
+
 # -- 3: the pipeline ---------------------------------------------------------------------------
 
 

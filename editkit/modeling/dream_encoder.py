@@ -21,6 +21,8 @@ except where Dream Engine's own null differs, which `official_null` selects):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,26 +172,62 @@ class Qwen2VLImageProcessorOnly(Qwen2VLProcessor):
         self.video_token_id = getattr(tokenizer, "video_token_id", None) or tokenizer.convert_tokens_to_ids(self.video_token)
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
+    @property
+    def patch_signature(self) -> str:
+        """What an image's stored patches depend on: the image processor's settings."""
+        if getattr(self, "_patch_signature", None) is None:
+            self._patch_signature = json.dumps(self.image_processor.to_dict(), sort_keys=True, default=str)
+        return self._patch_signature
+
     def _process_images(self, images, **kwargs):
-        """Each distinct image object once: a batch's guidance nulls keep their prompts' images, so every
-        image appears twice, and resizing plus patching is most of a training step's prompt processing.
+        """Resize and patch each distinct image object once, and none that carries its patches already
+        (`attach_patches`, run in the DataLoader workers). A batch's guidance nulls keep their prompts' images, so
+        every image appears twice, and this work is most of a training step's prompt processing.
         (transformers 5.x routes images through this hook; 4.x never calls it.)"""
         flat = list(images) if isinstance(images, (list, tuple)) else [images]
         if not all(isinstance(im, PIL.Image.Image) for im in flat):
             return super()._process_images(images, **kwargs)
-        slot: dict[int, int] = {}
-        for im in flat:
-            slot.setdefault(id(im), len(slot))
-        if len(slot) == len(flat):
-            return super()._process_images(images, **kwargs)
         unique = list({id(im): im for im in flat}.values())
-        where = [slot[id(im)] for im in flat]
-        processed, replacements = super()._process_images(unique, **kwargs)
-        grid = torch.as_tensor(processed["image_grid_thw"])
-        pieces = torch.as_tensor(processed["pixel_values"]).split(grid.prod(-1).tolist())
-        processed["pixel_values"] = torch.cat([pieces[j] for j in where])
-        processed["image_grid_thw"] = grid[where]
-        return processed, [replacements[j] for j in where]
+        stored = {id(im): _stored_patches(im, self.patch_signature) for im in unique}
+        missing = [im for im in unique if stored[id(im)] is None]
+        if len(unique) == len(flat) == len(missing):
+            return super()._process_images(images, **kwargs)
+        if missing:
+            processed, _ = super()._process_images(missing, **kwargs)
+            stored.update(zip(map(id, missing), _split_patches(processed)))
+        rows = [stored[id(im)] for im in flat]
+        processed = {"pixel_values": torch.cat([px for px, _ in rows]), "image_grid_thw": torch.stack([g for _, g in rows])}
+        return processed, [self.replace_image_token(processed, image_idx=i) for i in range(len(flat))]
+
+
+PATCHES_KEY = "editkit_qwen2vl_patches"  # PIL `info` entry: (key, pixel rows, grid row)
+
+
+def _split_patches(processed) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    grid = torch.as_tensor(processed["image_grid_thw"])
+    return list(zip(torch.as_tensor(processed["pixel_values"]).split(grid.prod(-1).tolist()), grid))
+
+
+def _patch_key(image: PIL.Image.Image, signature: str) -> tuple:
+    # PIL copies `info` into derived images (convert, resize, ...): the pixels are part of the key
+    return (signature, image.mode, image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+
+
+def _stored_patches(image: PIL.Image.Image, signature: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    entry = image.info.get(PATCHES_KEY)
+    return entry[1:] if entry is not None and entry[0] == _patch_key(image, signature) else None
+
+
+def attach_patches(processor: Qwen2VLImageProcessorOnly, images: Sequence[PIL.Image.Image]) -> None:
+    """Resize and patch `images` now and keep the result on each image (`image.info`, which travels with it
+    out of a DataLoader worker), so the training process only gathers the rows. Images that already carry
+    patches for this processor are skipped."""
+    sig = processor.patch_signature
+    todo = [im for im in {id(im): im for im in images}.values() if _stored_patches(im, sig) is None]
+    if todo:
+        processed = processor.image_processor(todo, return_tensors="pt")
+        for im, (px, grid) in zip(todo, _split_patches(processed)):
+            im.info[PATCHES_KEY] = (_patch_key(im, sig), px, grid)
 
 
 def lmm_hidden_size(lmm) -> int:

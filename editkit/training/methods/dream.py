@@ -42,7 +42,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from editkit import flow
 from editkit.guidance import ConditionDropout
 from editkit.modeling.dream_adapter import DreamTransformer2DModel
-from editkit.modeling.dream_encoder import Qwen2VLImageProcessorOnly, encode_prompts, interleave_references, task_prompts
+from editkit.modeling.dream_encoder import Qwen2VLImageProcessorOnly, attach_patches, encode_prompts, interleave_references, task_prompts
 from editkit.pipelines.dream import DreamEnginePipeline, build_conditioning, transformer_forward
 from editkit.testing import tiny_vae
 from editkit.testing.dream import tiny_dream_transformer, tiny_qwen2_tokenizer, tiny_qwen2_vl, tiny_qwen2_vl_image_processor
@@ -162,6 +162,12 @@ class DreamTraining(MethodTraining):
         batch["references"] = [list(it.get("references") or []) for it in items]
         batch["caption"] = [it.get("auxiliary_prompt") or "" for it in items]
         batch["task"] = [it.get("task") or "" for it in items]
+        # the images this stage's prompts can use, resized and patched here, in the DataLoader workers
+        if self.stage == 1:
+            used = batch["target_image"]
+        else:
+            used = [im for refs, src in zip(batch["references"], batch["source_image"]) for im in (refs or [src])]
+        attach_patches(self.processor, used)
         return batch
 
     def encode_images(self, source: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
