@@ -15,15 +15,18 @@ the DiT gets sigma * 1000 and predicts eps - x0. With `precondition_outputs`
 otherwise v with eps - x0. CFG dropout is per sample (Dream Engine drops whole
 batches) and uses the pipeline's own `build_conditioning` nulls.
 
-Tiny models: no pretrained SD3 exists offline, so with `model.pretrained`
-and `model.options.sd3` both unset the tiny MM-DiT starts from random weights
-and stage 1 must train it whole along with the adapters
-(`model.options.train_transformer: true`): stage 1 then stands for SD3's own
-pretraining plus Dream Engine's alignment. The tiny Qwen2-VL stays frozen at
-its seeded random weights, as the paper freezes the LMM: a random ViT and LLM
-still carry the colours and shapes of the input (the adapters and DiT learn to
-read them). Stage 2 loads the stage-1 folder (`model.pretrained`) and trains
-LoRA + adapters as in the paper.
+Tiny models: `model.options.sd3` may name any folder with an SD3-family
+`transformer/` and `vae/`; the tiny recipes (dream_*_from_unic.yaml) use the
+shipped unic-tiny, editkit's own shapes-trained MM-DiT (its UNIC control
+branch is dropped on load). With `model.pretrained` and `sd3` both unset the
+tiny MM-DiT starts from random weights, and stage 1 must train it whole
+(`model.options.train_transformer: true`); that never learned to generate in
+our budgets (docs/tiny_models.md). The tiny Qwen2-VL stays frozen at its
+seeded random weights, as the paper freezes the LMM: a random ViT and LLM
+still carry the colours and shapes of the input, and the adapters and DiT
+learn to read them. Stage 2 loads the stage-1 folder (`model.pretrained`) and
+trains LoRA + adapters as in the paper, or the whole DiT with
+`train_transformer: true`.
 
 `model.options` keys (all optional): stage (1|2), sd3, lmm (folders for a
 real init), lmm_hidden, lmm_layers, vision_dim, vision_depth, image_pixels,
