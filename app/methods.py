@@ -247,8 +247,9 @@ register(
         guidance=3.5,
         image_guidance=None,
         presets=(
-            Preset("combine images", "Put the object of <image1> next to the object of <image2>."),
-            Preset("put on background", "Put the object of <image1> on the background of <image2>."),
+            # the shipped dream-tiny's training phrasings: each image follows its "image k" mention
+            Preset("combine images", "Combine the object in image 1<image1> with the object in image 2<image2>."),
+            Preset("put on background", "Put the object of image 1<image1> on the background of image 2<image2>."),
             FREE,
         ),
         default_source=_shipped("dream"),
