@@ -36,7 +36,7 @@ instructcv|configs/train/instructcv_shapes.yaml|cv,edit|-
 promptfix|configs/train/promptfix_shapes.yaml|restore|-
 pixwizard|configs/train/pixwizard_shapes.yaml|restore,grounding,cv,edit|-
 unic|configs/train/unic_shapes_gpu.yaml|control|control_scale=0
-dream|configs/train/dream_stage1_shapes.yaml+configs/train/dream_stage2_shapes.yaml|interleaved|drop_images=true
+dream|configs/train/dream_fusion_from_unic.yaml+configs/train/dream_fusion_from_unic_ema.yaml|interleaved|drop_images=true
 "}
 METHODS_ONLY=${METHODS_ONLY:-}
 
