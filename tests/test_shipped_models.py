@@ -37,17 +37,21 @@ def test_shipped_model_beats_identity(method, task, margin, n, one_torch_thread)
     assert gain > margin, f"{method} {task}: {key} {model:.3f} vs identity {identity:.3f}"
 
 
+def _with_and_without(method: str, task: str, ablation: dict) -> tuple[dict, dict]:
+    """The shipped model's scores on 4 samples (10 steps) as is, and with its ablation call args."""
+    path = default_model(method)
+    assert path is not None, f"the package ships editkit/models/{method}-tiny"
+    pipe = pipeline_class(method).from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    full, ablated = (evaluate(pipe, method, task, n=4, steps=10, batch_size=4, progress=False, call_args=args)["tasks"][task]["scores"]["model"]
+                     for args in (None, ablation))
+    return full, ablated
+
+
 def test_shipped_unic_follows_its_condition(one_torch_thread):
     """The UNIC-Adapter claim is against its own control-free run (`control_scale=0`), not identity: on canny maps
     the adapter must raise both PSNR to the target and edge F1 to the map (docs/tiny_models.md)."""
-    path = default_model("unic")
-    assert path is not None, "the package ships editkit/models/unic-tiny"
-    pipe = pipeline_class("unic").from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
-    task = "canny_to_image"
-    runs = [evaluate(pipe, "unic", task, n=4, steps=10, batch_size=4, progress=False, call_args=args)["tasks"][task]["scores"]["model"]
-            for args in (None, {"control_scale": 0})]
-    (cond, free) = runs
+    cond, free = _with_and_without("unic", "canny_to_image", {"control_scale": 0})
     assert cond["psnr"] - free["psnr"] > 0.5, (cond["psnr"], free["psnr"])
     assert cond["edge_f1"] - free["edge_f1"] > 0.05, (cond["edge_f1"], free["edge_f1"])
 
@@ -55,13 +59,6 @@ def test_shipped_unic_follows_its_condition(one_torch_thread):
 def test_shipped_dream_uses_its_images(one_torch_thread):
     """The Dream Engine claim is against its own text-only run (`drop_images=True`): on "combine" the
     reference images must lift PSNR to the target and the white-background match (docs/tiny_models.md)."""
-    path = default_model("dream")
-    assert path is not None, "the package ships editkit/models/dream-tiny"
-    pipe = pipeline_class("dream").from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
-    task = "combine"
-    runs = [evaluate(pipe, "dream", task, n=4, steps=10, batch_size=4, progress=False, call_args=args)["tasks"][task]["scores"]["model"]
-            for args in (None, {"drop_images": True})]
-    (images, text_only) = runs
+    images, text_only = _with_and_without("dream", "combine", {"drop_images": True})
     assert images["psnr"] - text_only["psnr"] > DREAM_PSNR_GAIN, (images["psnr"], text_only["psnr"])
     assert images["background"] - text_only["background"] > DREAM_BACKGROUND_GAIN, (images["background"], text_only["background"])
