@@ -121,7 +121,7 @@ def _shipped(method: str) -> Callable[[], str | None]:
     """The package's tiny model of `method`, when this install ships one."""
 
     def source() -> str | None:
-        from editkit.cli import default_model
+        from editkit.loading import default_model
 
         path = default_model(method)
         return None if path is None else str(path)

@@ -17,38 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tasks
-
-SHIPPED_MODELS = Path(__file__).parent / "models"
-
-
-METHODS = ("instructcv", "promptfix", "pixwizard", "unic", "dream")
-
-
-def default_model(method: str = "instructcv") -> Path | None:
-    """The small model of `method` shipped inside the package (`editkit/models/<method>-tiny`), if this install has it."""
-    path = SHIPPED_MODELS / f"{method}-tiny"
-    return path if (path / "model_index.json").is_file() else None
-
-
-def _load_pipeline(model: str | None, device: str | None, dtype: str, method: str = "instructcv"):
-    import torch
-
-    from editkit.pipelines import pipeline_class
-
-    cls = pipeline_class(method)
-    if model is None:
-        shipped = default_model(method)
-        if shipped is None:
-            raise SystemExit(f"error: no default {method} model is shipped with this install; pass --model PATH_OR_ID.")
-        model = str(shipped)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    try:
-        pipe = cls.from_pretrained(model, dtype=torch_dtype)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"error: cannot load --model {model} as a {cls.__name__}: {err}") from None
-    return pipe.to(device)
-
+from .loading import DTYPES, METHODS, load_pipeline
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="instructcv", choices=METHODS, help="which pipeline (default: instructcv)")
@@ -59,7 +28,7 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-side", type=int, default=None, help="bound on the working resolution's long side")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32")
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
@@ -104,7 +73,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     request = EditRequest(args.instruction, image=args.image, mask=args.mask).validated()
     kwargs = _sampling_kwargs(args)
-    pipe = _load_pipeline(args.model, args.device, args.dtype, args.method)
+    pipe = load_pipeline(args.method, args.model, args.device, args.dtype)
     out = pipe.edit(request, **kwargs).images[0]
     out_path = Path(args.output)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +119,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     if args.method != "instructcv":
         raise SystemExit("error: `editkit task` decodes InstructCV's output encodings; use --method instructcv.")
     kwargs = _sampling_kwargs(args)
-    pipe = _load_pipeline(args.model, args.device, args.dtype)
+    pipe = load_pipeline("instructcv", args.model, args.device, args.dtype)
     result = pipe.run_task(codec.name, image, args.label, pos=args.pos, neg=args.neg, **kwargs)
     slug = "".join(c if c.isalnum() else "_" for c in (args.label or ""))
     stem = f"{image_path.stem}.{codec.name}" + (f"-{slug}" if slug else "")
@@ -206,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
 
-    from .evaluate import add_eval_parser
+    from .evaluation.cli import add_eval_parser
 
     add_eval_parser(sub)
     return parser

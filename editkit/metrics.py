@@ -33,7 +33,7 @@ from PIL import Image
 PSNR_CAP = 100.0
 
 
-def _rgb(image) -> np.ndarray:
+def as_rgb(image) -> np.ndarray:
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
     arr = np.asarray(image)
@@ -49,7 +49,7 @@ def _rgb(image) -> np.ndarray:
 
 
 def _pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
-    p, t = _rgb(pred), _rgb(target)
+    p, t = as_rgb(pred), as_rgb(target)
     if p.shape != t.shape:
         raise ValueError(f"`pred` {p.shape} and `target` {t.shape} must have the same shape.")
     return p, t
@@ -125,7 +125,7 @@ def segmentation_miou(outputs: Iterable, gt_masks: Iterable[np.ndarray], thresho
     from editkit.tasks.segmentation import EVAL_THRESHOLD, decode_mask
 
     th = EVAL_THRESHOLD if threshold is None else threshold
-    return mean_iou((decode_mask(_rgb(o), th) for o in outputs), gt_masks)
+    return mean_iou((decode_mask(as_rgb(o), th) for o in outputs), gt_masks)
 
 
 # --------------------------------------------------------------------------- detection
@@ -190,7 +190,7 @@ def detection_metrics(outputs: Iterable, gt_boxes: Sequence) -> dict[str, float]
     """Decode blue boxes from predicted images (`editkit.tasks.decode_boxes`) and score them."""
     from editkit.tasks.detection import decode_boxes
 
-    return box_metrics([decode_boxes(_rgb(o)) for o in outputs], gt_boxes)
+    return box_metrics([decode_boxes(as_rgb(o)) for o in outputs], gt_boxes)
 
 
 # --------------------------------------------------------------------------- depth
@@ -223,7 +223,7 @@ def decoded_depth_metrics(output, gt_m: np.ndarray) -> dict[str, float]:
     """Decode a predicted grey depth image (0-10 m) and score it."""
     from editkit.tasks.depth import decode_depth
 
-    return depth_metrics(decode_depth(_rgb(output)), gt_m)
+    return depth_metrics(decode_depth(as_rgb(output)), gt_m)
 
 
 # --------------------------------------------------------------------------- classification
@@ -254,7 +254,7 @@ def edge_f1(output, control_edges, tolerance: int = 1,
 
     if edge_fn is None:
         from editkit.data.families import canny_edges as edge_fn
-    out_e = np.asarray(edge_fn(_rgb(output)))
+    out_e = np.asarray(edge_fn(as_rgb(output)))
     out_e = (out_e.max(axis=2) if out_e.ndim == 3 else out_e) > 127
     ce = np.asarray(control_edges.convert("L") if isinstance(control_edges, Image.Image) else control_edges)
     ce = (ce.max(axis=2) if ce.ndim == 3 else ce)
@@ -282,7 +282,7 @@ def background_match(output, target_scene, detections=None) -> float:
     within BACKGROUND_TOLERANCE of the target background there (pattern and colours both count)."""
     from editkit.data.reader import read_scene
 
-    img = _rgb(output)
+    img = as_rgb(output)
     r = target_scene.render()
     if img.shape != r.image.shape:
         raise ValueError(f"output {img.shape} must have the target's size {r.image.shape} to compare backgrounds.")
@@ -313,7 +313,7 @@ def scene_scores(output, ground_truth: dict[str, Any]) -> dict[str, float]:
     if "target_scene" not in ground_truth:
         raise ValueError("`ground_truth` has no 'target_scene'; scene scores apply to tasks that produce a scene.")
     target = Scene.from_dict(ground_truth["target_scene"])
-    img = _rgb(output)
+    img = as_rgb(output)
     colors = [o.color for o in target.objects]
     split = len(set(colors)) < len(colors)  # same-coloured objects (style transfer)
     dets = read_scene(img, split_components=split)
@@ -344,14 +344,14 @@ def subject_present(output, color: str, shape: str) -> bool:
     """Is an object of this colour and shape in the output?"""
     from editkit.data.reader import read_scene
 
-    return any(d.color == color and d.shape == shape for d in read_scene(_rgb(output)))
+    return any(d.color == color and d.shape == shape for d in read_scene(as_rgb(output)))
 
 
 def objects_present(output, names: Sequence[str]) -> float:
     """Fraction of objects ("red circle", ...) found in the output with the right colour and shape."""
     from editkit.data.reader import read_scene
 
-    found = {d.name for d in read_scene(_rgb(output))}
+    found = {d.name for d in read_scene(as_rgb(output))}
     if not names:
         raise ValueError("`names` is empty; expected at least one object name.")
     return float(np.mean([n in found for n in names]))

@@ -322,31 +322,3 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         if not return_dict:
             return (result,)
         return EditPipelineOutput(images=result)
-
-
-def evaluate_adapter(pipe: DreamEnginePipeline, samples: list, *, seeds: list[int], steps: int, guidance: float | None,
-                     image_guidance: float | None, drop_images: bool = False, **call_args: Any) -> list[PIL.Image.Image]:
-    """editkit.evaluate adapter: interleaved samples place their references inline; others edit their source.
-
-    Dream Engine has one guidance scale; `image_guidance` does not apply and must be None.
-    `drop_images=True` is the text-only baseline: the same prompt text with no image, generated from
-    text alone. Other `call_args` go to the pipeline.
-    """
-    if image_guidance is not None:
-        raise ValueError("Dream Engine has a single guidance scale; `image_guidance` must be None.")
-    kw: dict[str, Any] = {"num_inference_steps": steps, **call_args}
-    if guidance is not None:
-        kw["guidance_scale"] = guidance
-    out = []
-    # one call per sample: prompts are padded to the longest of a batch and every position (pads too)
-    # reaches the DiT, so batching would make a sample's output depend on its neighbours
-    for s, seed in zip(samples, seeds):
-        w, h = s.target.size
-        if drop_images:
-            call: dict[str, Any] = {"prompt": s.instruction}
-        elif s.references:
-            call = {"prompt": s.instruction, "references": list(s.references)}
-        else:
-            call = {"prompt": s.instruction, "image": s.source}
-        out.append(pipe(**call, height=h, width=w, generator=torch.Generator().manual_seed(int(seed)), output_type="pil", **kw).images[0])
-    return out

@@ -33,7 +33,6 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.correctors import StepCorrector, StepState, apply_after, apply_before
 from editkit.encoders import encode_clip_text, vae_encode_mode
-from editkit.evaluate import sampling_kwargs
 from editkit.guidance import IP2P_GUIDANCE, Branch, GuidanceRule, Term, guided_prediction
 from editkit.hgs import HighFrequencyGuidance
 from editkit.images import ImageInput, SizePlan, load_image, load_mask, pil_to_tensor, plan_size, resize_input, resize_output
@@ -403,19 +402,3 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         if not return_dict:
             return (result,)
         return EditPipelineOutput(images=result)
-
-
-def evaluate_adapter(pipe: PromptFixPipeline, samples: list, *, seeds: list[int], steps: int, guidance: float | None,
-                       image_guidance: float | None, **kwargs: Any) -> list[PIL.Image.Image]:
-    """Evaluation adapter (editkit.evaluate ADAPTERS signature): instruction + the sample's auxiliary prompt.
-
-    The working size is the pipeline's configured one (the shapes models work at 64 px)."""
-    kw = sampling_kwargs(steps, guidance, image_guidance, **kwargs)
-    return pipe(
-        prompt=[s.instruction for s in samples],
-        image=[s.source for s in samples],
-        auxiliary_prompt=[s.auxiliary_prompt or "" for s in samples],
-        generator=[torch.Generator().manual_seed(k) for k in seeds],
-        output_type="pil",
-        **kw,
-    ).images

@@ -35,7 +35,6 @@ from transformers import CLIPTextModelWithProjection, PreTrainedModel
 
 from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.encoders import vae_decode, vae_encode_scaled
-from editkit.evaluate import sampling_kwargs
 from editkit.guidance import Branch, GuidanceRule, Term, guided_prediction
 from editkit.images import ImageInput, load_image, pil_to_tensor, plan_size, resize_input, resize_output
 from editkit.modeling.unic_adapter import UNICSD3Transformer2DModel
@@ -414,27 +413,3 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         if not return_dict:
             return (result,)
         return EditPipelineOutput(images=result)
-
-
-def evaluate_adapter(pipe: UNICAdapterPipeline, samples: list, *, seeds: list[int], steps: int, guidance: float | None,
-                     image_guidance: float | None, **call_args: Any) -> list[Any]:
-    """`editkit.evaluate` adapter: shapes control samples -> images (prompt = the target caption,
-    instruction = the sample's instruction, condition = its first reference (subject / style) or else its
-    source map, guidance preset by the samples' task when they share one). `call_args` go to the pipeline
-    (`control_scale=0` is the condition-free baseline: the same base model from the caption alone)."""
-    names = {s.task for s in samples}
-    task = None
-    if len(names) == 1:  # one preset per call; a mixed batch uses the control preset
-        key = TASK_ALIASES.get(next(iter(names)), next(iter(names)))
-        task = key if key in TASKS else None
-    kw = {"task": task, **sampling_kwargs(steps, guidance, image_guidance, **call_args)}
-    return pipe(
-        prompt=[s.auxiliary_prompt or s.instruction for s in samples],
-        instruction=[s.instruction for s in samples],
-        image=[(list(s.references) or [s.source])[0] for s in samples],
-        height=samples[0].source.size[1],
-        width=samples[0].source.size[0],
-        generator=[torch.Generator().manual_seed(k) for k in seeds],
-        output_type="pil",
-        **kw,
-    ).images

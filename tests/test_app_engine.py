@@ -348,7 +348,7 @@ def test_the_ui_builds_without_any_checkpoint(tmp_path):
 
 
 def test_guidance_starts_from_the_models_own_defaults(tmp_path):
-    from editkit.cli import default_model
+    from editkit.loading import default_model
 
     tuned = Engine(AppConfig(sources={"promptfix": str(default_model("promptfix")), "instructcv": None}))
     assert tuned.scales("promptfix") == (2.0, 1.5)  # recorded in the shipped tiny model's model_index.json

@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from editkit import cli
+from editkit import cli, loading
 from editkit.pipelines import InstructCVPipeline
 from editkit.testing import tiny_instructcv_components
 
@@ -67,9 +67,9 @@ def test_task_writes_decoded_results_beside_the_image(model_dir, photo, task, la
 
 
 def test_clear_errors(model_dir, photo, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "default_model", lambda method="instructcv": None)
-    with pytest.raises(SystemExit, match="pass --model"):
-        cli.main(["edit", str(photo), "x", "-o", str(tmp_path / "o.png")])
+    monkeypatch.setattr(loading, "default_model", lambda method="instructcv": None)
+    assert cli.main(["edit", str(photo), "x", "-o", str(tmp_path / "o.png")]) == 2
+    assert "pass a model folder or hub id (`--model PATH_OR_ID`" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="needs --label"):
         cli.main(["task", "segment", str(photo), "--model", str(model_dir)])
     bad = tmp_path / "bad.png"
@@ -78,5 +78,5 @@ def test_clear_errors(model_dir, photo, tmp_path, capsys, monkeypatch):
     assert "not a readable image" in capsys.readouterr().err
     assert cli.main(["edit", str(photo), " ", "-o", str(tmp_path / "o.png"), "--model", str(model_dir)]) == 2
     assert "`instruction` is empty" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="cannot load --model"):
-        cli.main(["edit", str(photo), "x", "-o", str(tmp_path / "o.png"), "--model", str(tmp_path)])
+    assert cli.main(["edit", str(photo), "x", "-o", str(tmp_path / "o.png"), "--model", str(tmp_path)]) == 2
+    assert f"cannot load {tmp_path} with InstructCVPipeline.from_pretrained" in capsys.readouterr().err

@@ -22,7 +22,8 @@ from editkit.modeling.dream_encoder import (
     task_prompts,
     tokenize_prompts,
 )
-from editkit.pipelines.dream import DreamEnginePipeline, evaluate_adapter, sample_prompts
+from editkit.evaluation.adapters import dream as evaluate_adapter
+from editkit.pipelines.dream import DreamEnginePipeline, sample_prompts
 from editkit.testing import tiny_vae
 from editkit.testing.dream import tiny_dream_transformer, tiny_qwen2_vl, tiny_qwen2_vl_processor
 from editkit.testing.sd3 import sd3_flow_scheduler

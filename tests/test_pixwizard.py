@@ -12,7 +12,7 @@ from diffusers.models.embeddings import get_2d_rotary_pos_embed_lumina
 
 from editkit.convert.pixwizard import convert_checkpoint, to_official_state_dict
 from editkit.data.shapes import make_sample
-from editkit.evaluate import prompt_and_image
+from editkit.evaluation.adapters import prompt_and_image
 from editkit.modeling.pixwizard_transformer import PixWizardTransformer2DModel
 from editkit.pipelines.pixwizard import (
     PIXWIZARD_GUIDANCE,

@@ -17,9 +17,9 @@ from editkit.pipelines.promptfix import (
     PROMPTFIX_GUIDANCE,
     PromptFixPipeline,
     build_conditioning,
-    evaluate_adapter,
     promptfix_size,
 )
+from editkit.evaluation.adapters import promptfix as evaluate_adapter
 from editkit.testing import tiny_instructcv_components
 from editkit.testing.promptfix import tiny_promptfix_components
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from editkit.cli import default_model
-from editkit.evaluate import evaluate
+from editkit.loading import default_model
+from editkit.evaluation import evaluate
 from editkit.pipelines import pipeline_class
 
 # method, task, margin over identity on the headline metric (PSNR in dB, RMSE in metres), n samples

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, CLIPTokenizer
 
-from editkit.cli import default_model
+from editkit.loading import default_model
 from editkit.testing import tiny_clip_tokenizer
 
 PROMPTS = ["Which pixels show the star? Paint them white.", "Turn the purple diamond yellow."]

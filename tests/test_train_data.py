@@ -57,8 +57,8 @@ def test_noisy_instructions_share():
     assert all(a != b for a, b in zip(noisy_instructions(texts, gens(), 1.0), texts))
     changed = sum(a != b for a, b in zip(noisy_instructions(texts, gens(), 0.25), texts))
     assert 70 <= changed <= 130  # 100 expected
-    with pytest.raises(ValueError, match="instruction_noise is implemented for methods pixwizard and promptfix"):
-        load_config(None, ["method=instructcv", "train.instruction_noise=0.2"])
+    with pytest.raises(ValueError, match="instruction_noise is implemented for methods instructcv, pixwizard and promptfix"):
+        load_config(None, ["method=unic", "train.instruction_noise=0.2"])
     with pytest.raises(ValueError, match=r"instruction_noise must be in \[0, 1\]"):
         load_config(None, ["method=pixwizard", "train.instruction_noise=1.5"])
 

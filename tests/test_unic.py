@@ -16,7 +16,8 @@ from editkit.convert.unic import build_model, check_adapter_keys, convert
 from editkit.data.shapes import make_sample
 from editkit.modeling.unic_adapter import UNICSD3Transformer2DModel, is_adapter_key, position_ids, rope_2d
 from editkit.pipelines import UNICAdapterPipeline
-from editkit.pipelines.unic import GUIDANCE_PRESETS, evaluate_adapter
+from editkit.evaluation.adapters import unic as evaluate_adapter
+from editkit.pipelines.unic import GUIDANCE_PRESETS
 from editkit.testing.sd3 import tiny_sd3_transformer
 from editkit.testing.unic import tiny_unic_components, tiny_unic_transformer
 

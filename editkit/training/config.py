@@ -63,7 +63,7 @@ DEFAULTS: dict = {
         "mixed_precision": "no",  # no | fp16 | bf16
         "gradient_checkpointing": False,
         "conditioning_dropout": 0.05,
-        "instruction_noise": 0.0,  # share of instructions rewritten with dropped and made-up words (PixWizard, PromptFix)
+        "instruction_noise": 0.0,  # share of instructions rewritten with dropped and made-up words (InstructCV, PixWizard, PromptFix)
         "instruction_noise_drop": 0.25,  # in a rewritten instruction, the probability each word is dropped (prompts.WORD_DROP)
         "prediction_type": None,  # epsilon | v_prediction; null = the scheduler's
         "zero_terminal_snr": False,  # UNet methods: rescaled betas, pure noise at the last step (needs v_prediction)
@@ -149,8 +149,8 @@ def _check_values(cfg: DictConfig) -> None:
         raise ValueError(f"train.instruction_noise must be in [0, 1], got {t.instruction_noise}")
     if not 0.0 <= float(t.instruction_noise_drop) < 1.0:
         raise ValueError(f"train.instruction_noise_drop must be in [0, 1), got {t.instruction_noise_drop}")
-    if float(t.instruction_noise) > 0 and cfg.method not in ("pixwizard", "promptfix"):
-        raise ValueError(f"train.instruction_noise is implemented for methods pixwizard and promptfix, not {cfg.method!r}")
+    if float(t.instruction_noise) > 0 and cfg.method not in ("instructcv", "pixwizard", "promptfix"):
+        raise ValueError(f"train.instruction_noise is implemented for methods instructcv, pixwizard and promptfix, not {cfg.method!r}")
     if cfg.data.source not in ("shapes", "folder", "datasets"):
         raise ValueError(f"data.source must be shapes, folder or datasets, got {cfg.data.source!r}")
     if cfg.data.source != "shapes" and not cfg.data.path:

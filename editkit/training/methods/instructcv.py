@@ -19,6 +19,7 @@ from editkit.encoders import encode_clip_text
 from editkit.guidance import ip2p_dropout
 from editkit.pipelines.instructcv import InstructCVPipeline, build_conditioning, unet_forward
 from editkit.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
+from editkit.training.prompts import noisy_instructions
 
 from .base import MethodTraining, randn_per_sample, scaled_target_latents, sd_noise_schedules
 
@@ -68,6 +69,8 @@ class InstructCVTraining(MethodTraining):
         self.text_encoder.requires_grad_(bool(m.train_text_encoder))
         self.noise_scheduler, self.sampler = sd_noise_schedules(cfg.train)
         self.dropout = ip2p_dropout(float(cfg.train.conditioning_dropout))
+        self.instruction_noise = float(cfg.train.instruction_noise)
+        self.instruction_noise_drop = float(cfg.train.instruction_noise_drop)
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         mods = {"unet": self.unet}
@@ -110,7 +113,10 @@ class InstructCVTraining(MethodTraining):
         latents = scaled_target_latents(lat, eps_sample, self.vae)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
 
-        prompts = batch["instruction"] + [""]
+        instructions = list(batch["instruction"])
+        if self.instruction_noise > 0:  # drawn after everything above, so runs without it keep their streams
+            instructions = noisy_instructions(instructions, generators, self.instruction_noise, self.instruction_noise_drop)
+        prompts = instructions + [""]
         states = encode_clip_text(self.tokenizer, text_encoder, prompts, device)
         cond = build_conditioning(states[:bsz], states[bsz:], lat["image_latents"], noisy.dtype)
         selected = cond.select(self.dropout.masks(r, device))

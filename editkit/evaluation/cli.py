@@ -1,0 +1,113 @@
+"""`editkit eval` and `editkit eval-table`: the shapes benchmark from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from editkit.data import parse_tasks
+from editkit.data.scene import check_canvas_size
+from editkit.loading import DTYPES, default_model, load_pipeline
+
+from .adapters import ADAPTERS, CUSTOM, check_method
+from .harness import DEFAULT_EVAL_STEPS, evaluate, positive_int
+from .report import compare_table, describe, format_table, write_results
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `eval` on the main CLI's subparsers."""
+    p = subparsers.add_parser(
+        "eval", help="score a model on the shapes benchmark, with identity and classical baselines",
+        description="Run a method over generated shapes-benchmark samples and print one row per task: the "
+                    "headline metric for the model, the identity baseline (output = input) and a classical "
+                    "baseline where one exists. All metrics go to the JSON file.",
+    )
+    p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the shipped tiny model)")
+    p.add_argument("--method", default="instructcv", help=f"method of the model: {', '.join(sorted(ADAPTERS))} (default: instructcv)")
+    p.add_argument("--tasks", default="cv,edit", help="comma-separated families, task names or 'all' (default: cv,edit)")
+    p.add_argument("--n", type=int, default=200, help="samples per task (default: 200)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="benchmark split (default: test)")
+    p.add_argument("--heldout-phrasings", action="store_true", help="instructions from the held-out phrasings")
+    p.add_argument("--size", type=int, default=64, help="canvas side in pixels, 48-512 (default: 64)")
+    p.add_argument("--steps", type=int, default=DEFAULT_EVAL_STEPS, help=f"denoising steps (default: {DEFAULT_EVAL_STEPS})")
+    p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the pipeline's)")
+    p.add_argument("--image-guidance", type=float, default=None, help="image guidance scale (default: the pipeline's)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed; sample i of a task uses seed + i (default: 0)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per pipeline call (default: 8)")
+    p.add_argument("--out", default=None, help="JSON results file (default: outputs/eval/<method>-<split>.json)")
+    p.add_argument("--baselines-only", action="store_true", help="score only the identity and classical baselines")
+    p.add_argument("--call-arg", action="append", default=[], metavar="KEY=VALUE", dest="call_args",
+                   help="extra keyword for the method's pipeline call, repeatable; VALUE is read as JSON when it "
+                        "parses, else as a string (e.g. control_scale=0 for UNIC-Adapter without its condition, "
+                        "drop_images=true for Dream Engine's text-only baseline)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_eval)
+    t = subparsers.add_parser(
+        "eval-table", help="put several `editkit eval` JSON files side by side as a markdown table",
+        description="One column per results file (NAME=PATH or PATH), one row per shared task and metric, "
+                    "then the first file's identity and classical baselines.",
+    )
+    t.add_argument("runs", nargs="+", metavar="[NAME=]PATH", help="results JSON files written by `editkit eval`")
+    t.add_argument("--metrics", default=None, help="comma-separated metrics (default: each task's headline)")
+    t.set_defaults(func=cmd_eval_table)
+    return p
+
+
+def cmd_eval_table(args: argparse.Namespace) -> int:
+    runs: dict[str, dict[str, Any]] = {}
+    for item in args.runs:
+        name, sep, path = item.partition("=")
+        path, name = (path, name) if sep else (item, Path(item).stem)
+        if not Path(path).is_file():
+            raise ValueError(f"results file {path!r} does not exist (write it with `editkit eval --out {path}`).")
+        runs[name] = json.loads(Path(path).read_text())
+    print(compare_table(runs, args.metrics.split(",") if args.metrics else None))
+    return 0
+
+
+def parse_call_args(items: Sequence[str]) -> dict[str, Any]:
+    """["control_scale=0", "drop_images=true", "task=canny"] -> {"control_scale": 0, "drop_images": True, "task": "canny"}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"`--call-arg` expects KEY=VALUE with KEY a Python identifier; got {item!r}.")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    method = check_method(args.method)
+    if method == CUSTOM:
+        raise ValueError("`--method custom` is for Python callables; the command line needs a pipeline method.")
+    # Check everything cheap before loading a model.
+    parse_tasks(args.tasks)
+    positive_int(args.n, "n")
+    check_canvas_size(args.size, "size")
+    positive_int(args.steps, "steps")
+    positive_int(args.batch_size, "batch_size")
+    call_args = parse_call_args(args.call_args)
+    if call_args and args.baselines_only:
+        raise ValueError("`--call-arg` changes the model's run; it does not apply with `--baselines-only`.")
+    pipe, model_name = None, None
+    if not args.baselines_only:
+        pipe = load_pipeline(method, args.model, args.device, args.dtype)  # a clear ModelLoadError if there is none
+        model_name = str(args.model if args.model is not None else default_model(method))
+    results = evaluate(pipe, method, args.tasks, args.n, split=args.split, size=args.size, seed=args.seed,
+                       heldout=args.heldout_phrasings, steps=args.steps, guidance=args.guidance,
+                       batch_size=args.batch_size, progress=not args.no_progress,
+                       image_guidance=args.image_guidance, model_name=model_name, call_args=call_args)
+    out = Path(args.out) if args.out else Path("outputs") / "eval" / f"{method}-{args.split}.json"
+    print(describe(results))
+    print(format_table(results))
+    print(f"wrote {write_results(results, out)}", file=sys.stderr)
+    return 0
