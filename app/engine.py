@@ -34,6 +34,7 @@ import PIL.ImageDraw
 
 from editkit.conditioning import EditRequest
 from editkit.images import load_image
+from editkit.loading import default_device, torch_dtype
 from editkit.numerics import NonFiniteError
 from editkit.validation import parse_interleaved as _parse_interleaved
 
@@ -105,14 +106,6 @@ def availability(spec: MethodSpec, source: str | None) -> Availability:
 # ----------------------------------------------------------------------------- model cache
 
 
-def _resolve_device(device: str | None) -> str:
-    if device:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class ModelCache:
     """Loaded pipelines, keyed by (method, source); each loads at most once.
 
@@ -163,17 +156,14 @@ class ModelCache:
             return pipe
 
     def _load(self, spec: MethodSpec, source: str) -> Any:
-        import torch
-
         cls = spec.pipeline_class()
         if cls is None:
             raise UserError(f"{spec.name} is not available: its pipeline is not in this install yet (planned).")
-        torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
         try:
-            pipe = cls.from_pretrained(source, dtype=torch_dtype)
+            pipe = cls.from_pretrained(source, dtype=torch_dtype(self.dtype))
         except (OSError, ValueError) as err:
             raise UserError(f"cannot load the {spec.name} checkpoint {source}: {err}") from None
-        pipe = pipe.to(_resolve_device(self.device))
+        pipe = pipe.to(default_device(self.device))
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -384,11 +374,213 @@ def decode_task(task: str, source: PIL.Image.Image, output: PIL.Image.Image, lab
     return colour, None, f"The output shows {colour}: {verdict}."
 
 
+# ----------------------------------------------------------------------------- the steps of one request
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The numbers of one run, checked: what the pipeline is called with."""
+
+    steps: int
+    guidance: float
+    image_guidance: float | None  # None: the method has one scale
+    max_side: int
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific call arguments (HGS)
+
+
+def read_settings(
+    spec: MethodSpec,
+    pre: Preset,
+    config: AppConfig,
+    default_scales: tuple[float, float | None],
+    *,
+    steps: Any = None,
+    guidance: Any = None,
+    image_guidance: Any = None,
+    seed: Any = 0,
+    randomize_seed: bool = False,
+    hgs: bool = False,
+    hgs_strength: Any = None,
+    max_side: Any = None,
+) -> tuple[Settings, list[str]]:
+    """Step 1: the user's numbers, each range-checked (blank: the default); notes for ignored switches.
+
+    A preset's scales replace the defaults, not a value the user changed."""
+    notes: list[str] = []
+    steps = config.default_steps(spec) if steps in (None, "") else _number(steps, "Steps", 1, MAX_STEPS, integer=True)
+    default_g, default_ig = default_scales
+    guidance = default_g if guidance in (None, "") else _number(guidance, "Text guidance", *GUIDANCE_RANGE)
+    if pre.scales and guidance == default_g:
+        guidance = pre.scales[0]
+    if spec.image_guidance is None:
+        image_guidance = None
+    else:
+        image_guidance = default_ig if image_guidance in (None, "") else _number(image_guidance, "Image guidance", *GUIDANCE_RANGE)
+        if pre.scales and image_guidance == default_ig:
+            image_guidance = pre.scales[1]
+    max_side = spec.max_side if max_side in (None, "") else _number(max_side, "Max side", *MAX_SIDE_RANGE, integer=True)
+    if randomize_seed:
+        seed = random.SystemRandom().randint(0, MAX_SEED)
+    else:
+        seed = 0 if seed in (None, "") else _number(seed, "Seed", 0, MAX_SEED, integer=True)
+    extra: dict[str, Any] = {}
+    if spec.hgs is not None:
+        strength = spec.hgs_strength if hgs_strength in (None, "") else _number(hgs_strength, "HGS strength", 0, 100)
+        extra = spec.hgs(bool(hgs), float(strength))
+    elif hgs:
+        notes.append(f"{spec.name} has no high-frequency guidance; HGS was not applied.")
+    return Settings(steps, guidance, image_guidance, max_side, seed, extra), notes
+
+
+def read_text(spec: MethodSpec, instruction: Any, interleaved: Any) -> tuple[str, str]:
+    """Step 2a: the instruction and the interleaved prompt, stripped; at least one must be given."""
+    if not (instruction is None or isinstance(instruction, str)):
+        raise UserError("The instruction must be text.")
+    text = (instruction or "").strip()
+    inter_text = (interleaved or "").strip() if spec.takes("interleaved") else ""
+    if not text and not inter_text:
+        raise UserError("The instruction is empty: type what to do (e.g. 'segment the red circle') or pick a task preset.")
+    if len(text) > 2000 or len(inter_text) > 2000:
+        raise UserError("The instruction is too long (at most 2000 characters).")
+    return text, inter_text
+
+
+def read_images(
+    spec: MethodSpec, config: AppConfig, image: Any, mask: Any, references: Any
+) -> tuple[PIL.Image.Image | None, PIL.Image.Image | None, list[PIL.Image.Image], list[str]]:
+    """Step 2b: (source, mask, references, notes); inputs the method does not take are dropped with a note."""
+    notes: list[str] = []
+    src = None
+    if spec.takes("image"):
+        if image is None:
+            raise UserError(f"Upload a source image: {spec.name} edits an image.")
+        src = load_user_image(image, "The source image", config)
+    elif image is not None:
+        notes.append(f"{spec.name} does not take a source image; it was not used.")
+    refs: list[PIL.Image.Image] = []
+    ref_items = _reference_items(references)
+    if ref_items and not spec.takes("references"):
+        notes.append(f"{spec.name} does not take reference images; they were not used.")
+    elif ref_items:
+        if len(ref_items) > config.max_references:
+            raise UserError(f"At most {config.max_references} reference images are accepted, got {len(ref_items)}.")
+        refs = [load_user_image(r, f"Reference image {i + 1}", config) for i, r in enumerate(ref_items)]
+    mask_img = mask_from_editor(mask, src.size, config) if mask is not None and src is not None else None
+    if mask_img is not None and not spec.takes("mask"):
+        notes.append(f"{spec.name} does not take a mask; the painted mask was not used.")
+        mask_img = None
+    return src, mask_img, refs, notes
+
+
+def build_request(
+    spec: MethodSpec,
+    pre: Preset,
+    config: AppConfig,
+    text: str,
+    inter_text: str,
+    images: tuple[PIL.Image.Image | None, PIL.Image.Image | None, list[PIL.Image.Image]],
+    auxiliary_prompt: str | None,
+) -> tuple[EditRequest, list[str]]:
+    """Step 3: the validated `EditRequest` (the interleaved prompt parsed against the references)."""
+    src, mask_img, refs = images
+    notes: list[str] = []
+    aux = None
+    if spec.takes("auxiliary_prompt"):
+        aux = (auxiliary_prompt or "").strip() or pre.auxiliary or None
+        if aux is None and config.captioner is not None and src is not None:
+            aux = config.captioner(src)
+            notes.append("The auxiliary prompt was written by the captioner.")
+    instr: str | list = parse_interleaved(inter_text, refs) if inter_text else text
+    request = EditRequest(instr, image=src, references=refs, mask=mask_img, auxiliary_prompt=aux, task=pre.decode)
+    try:
+        return request.validated(), notes
+    except (ValueError, TypeError) as err:
+        raise UserError(str(err)) from None
+
+
+def pipeline_kwargs(spec: MethodSpec, settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of `pipe.edit(request, ...)` for these settings."""
+    import torch
+
+    kwargs: dict[str, Any] = {
+        "num_inference_steps": settings.steps,
+        "guidance_scale": settings.guidance,
+        "max_side": settings.max_side,
+        "generator": torch.Generator().manual_seed(settings.seed),
+        **settings.extra,
+    }
+    if spec.image_guidance is not None:
+        kwargs["image_guidance_scale"] = settings.image_guidance
+    return kwargs
+
+
+def step_callback(total: int, on_step: Callable[[int, int], None] | None, deadline: float | None, timeout_s: float | None) -> Callable:
+    """A `callback_on_step_end` reporting progress and stopping the run once past `deadline`."""
+
+    def callback(_pipe, i, _t, _kw):
+        if on_step is not None:
+            on_step(i + 1, total)
+        if deadline is not None and time.monotonic() > deadline:  # checked every step: stops a long run cleanly
+            raise RequestTimeout(
+                f"The request took longer than {timeout_s:g} s and was stopped after step {i + 1} of {total}. "
+                "Use fewer steps or a smaller max side."
+            )
+        return {}
+
+    return callback
+
+
+def make_result(
+    spec: MethodSpec,
+    pre: Preset,
+    request: EditRequest,
+    output: PIL.Image.Image,
+    settings: Settings,
+    *,
+    instruction: str,
+    seconds: float,
+    label: str | None,
+    notes: list[str],
+) -> EditResult:
+    """Step 5: the output, what ran (`info`) and, for task presets, the decoded result."""
+    result = EditResult(
+        source=request.image if request.image is not None else output,
+        output=output,
+        seed=settings.seed,
+        method=spec.name,
+        instruction=instruction,
+        task=pre.decode,
+        notes=notes,
+        info={
+            "method": spec.key,
+            "seed": settings.seed,
+            "steps": settings.steps,
+            "guidance": settings.guidance,
+            "image_guidance": settings.image_guidance,
+            "max_side": settings.max_side,
+            "size": list(output.size),
+            "mask": request.mask is not None,
+            "seconds": round(seconds, 3),
+        },
+    )
+    if pre.decode and request.image is not None:
+        result.task_value, result.task_image, result.summary = decode_task(pre.decode, request.image, output, label or pre.default_label)
+    return result
+
+
+def history_entry(result: EditResult, history: Sequence | None, size: int, caption: str) -> list:
+    """Step 6: the history gallery with this result first, at most `size` entries."""
+    return ([(result.output, caption)] + list(history or []))[:size]
+
+
 # ----------------------------------------------------------------------------- engine
 
 
 class Engine:
-    """Serves edit requests for every registered method, with one shared model cache."""
+    """Serves edit requests for every registered method, with one shared model cache.
+
+    Methods take the resolved `MethodSpec`; `spec(name)` resolves a name once, at the edge."""
 
     def __init__(self, config: AppConfig | None = None, cache: ModelCache | None = None):
         self.config = config or AppConfig()
@@ -396,19 +588,27 @@ class Engine:
 
     # -- what is available
 
-    def source(self, method: str) -> str | None:
-        return self.config.sources.get(get_method(method).key)
+    def spec(self, method: str | None) -> MethodSpec:
+        """The spec of `method` (None or empty: the first available method), or a `UserError`."""
+        try:
+            return get_method(method or self.default_method())
+        except ValueError as err:
+            raise UserError(str(err)) from None
 
-    def availability(self, method: str) -> Availability:
-        spec = get_method(method)
-        return availability(spec, self.source(spec.key))
+    def source(self, spec: MethodSpec) -> str | None:
+        return self.config.sources.get(spec.key)
 
-    def scales(self, method: str) -> tuple[float, float | None]:
+    def availability(self, spec: MethodSpec) -> Availability:
+        return availability(spec, self.source(spec))
+
+    def is_loaded(self, spec: MethodSpec) -> bool:
+        return self.cache.is_loaded((spec.key, self.source(spec) or ""))
+
+    def scales(self, spec: MethodSpec) -> tuple[float, float | None]:
         """The (text, image) guidance a run starts from: the model's own defaults when its local
         `model_index.json` records them (a small model tuned to other scales), else the method's."""
-        spec = get_method(method)
         text, image = spec.guidance, spec.image_guidance
-        src = self.source(spec.key)
+        src = self.source(spec)
         if src and is_local_path(src):
             try:
                 index = json.loads((Path(src).expanduser() / "model_index.json").read_text())
@@ -420,7 +620,7 @@ class Engine:
         return text, image
 
     def available_methods(self) -> list[str]:
-        return [k for k in METHODS if self.availability(k).ok]
+        return [k for k, spec in METHODS.items() if self.availability(spec).ok]
 
     def default_method(self) -> str:
         avail = self.available_methods()
@@ -428,43 +628,37 @@ class Engine:
 
     def describe(self) -> list[dict[str, Any]]:
         """Every method, its availability and defaults (the /methods API)."""
-        out = []
-        for key, spec in METHODS.items():
-            a = self.availability(key)
-            guidance, image_guidance = self.scales(key)
-            out.append(
-                {
-                    "key": key,
-                    "name": spec.name,
-                    "available": a.ok,
-                    "status": a.message,
-                    "loaded": self.cache.is_loaded((key, self.source(key) or "")),
-                    "fields": sorted(spec.fields),
-                    "steps": self.config.default_steps(spec),
-                    "guidance": guidance,
-                    "image_guidance": image_guidance,
-                    "max_side": spec.max_side,
-                    "hgs": spec.hgs is not None,
-                    "presets": [
-                        {"name": p.name, "template": p.template, "needs_label": p.needs_label, "decodes": p.decode}
-                        for p in spec.presets
-                    ],
-                }
-            )
-        return out
+        return [self.describe_one(spec) for spec in METHODS.values()]
 
-    def pipeline(self, method: str) -> Any:
-        spec = get_method(method)
-        a = self.availability(spec.key)
+    def describe_one(self, spec: MethodSpec) -> dict[str, Any]:
+        a = self.availability(spec)
+        guidance, image_guidance = self.scales(spec)
+        return {
+            "key": spec.key,
+            "name": spec.name,
+            "available": a.ok,
+            "status": a.message,
+            "loaded": self.is_loaded(spec),
+            "fields": sorted(spec.fields),
+            "steps": self.config.default_steps(spec),
+            "guidance": guidance,
+            "image_guidance": image_guidance,
+            "max_side": spec.max_side,
+            "hgs": spec.hgs is not None,
+            "presets": [{"name": p.name, "template": p.template, "needs_label": p.needs_label, "decodes": p.decode} for p in spec.presets],
+        }
+
+    def pipeline(self, spec: MethodSpec) -> Any:
+        a = self.availability(spec)
         if not a.ok:
             raise UserError(a.message)
-        return self.cache.get(spec, self.source(spec.key))
+        return self.cache.get(spec, self.source(spec))
 
     # -- one request
 
     def run(
         self,
-        method: str,
+        method: str | None,
         image: Any,
         instruction: str | None,
         *,
@@ -474,131 +668,44 @@ class Engine:
         references: Any = None,
         auxiliary_prompt: str | None = None,
         interleaved: str | None = None,
-        steps: Any = None,
-        guidance: Any = None,
-        image_guidance: Any = None,
-        seed: Any = 0,
-        randomize_seed: bool = False,
-        hgs: bool = False,
-        hgs_strength: Any = None,
-        max_side: Any = None,
         on_step: Callable[[int, int], None] | None = None,
+        **numbers: Any,
     ) -> EditResult:
-        cfg = self.config
-        deadline = time.monotonic() + cfg.request_timeout_s if cfg.request_timeout_s else None
-        try:
-            spec = get_method(method or self.default_method())
-        except ValueError as err:
-            raise UserError(str(err)) from None
-        a = self.availability(spec.key)
+        """One request: settings -> text and images -> `EditRequest` -> pipeline call -> result.
+
+        `numbers`: steps, guidance, image_guidance, seed, randomize_seed, hgs, hgs_strength, max_side
+        (see `read_settings`)."""
+        deadline = time.monotonic() + self.config.request_timeout_s if self.config.request_timeout_s else None
+        spec = self.spec(method)
+        a = self.availability(spec)
         if not a.ok:
             raise UserError(a.message)
         try:
-            pre: Preset = spec.preset(preset)
+            pre = spec.preset(preset)
         except ValueError as err:
             raise UserError(str(err)) from None
-        notes: list[str] = []
+        settings, notes = read_settings(spec, pre, self.config, self.scales(spec), **numbers)
+        text, inter_text = read_text(spec, instruction, interleaved)
+        src, mask_img, refs, image_notes = read_images(spec, self.config, image, mask, references)
+        request, request_notes = build_request(spec, pre, self.config, text, inter_text, (src, mask_img, refs), auxiliary_prompt)
+        output, seconds = self.call(spec, request, settings, on_step, deadline)
+        notes += image_notes + request_notes
+        # the instruction as typed (interleaved: with its <imageN> tags)
+        return make_result(spec, pre, request, output, settings, instruction=text or inter_text, seconds=seconds, label=label, notes=notes)
 
-        # -- numbers
-        steps = cfg.default_steps(spec) if steps in (None, "") else _number(steps, "Steps", 1, MAX_STEPS, integer=True)
-        default_g, default_ig = self.scales(spec.key)
-        guidance = default_g if guidance in (None, "") else _number(guidance, "Text guidance", *GUIDANCE_RANGE)
-        if pre.scales and guidance == default_g:
-            guidance = pre.scales[0]
-        if spec.image_guidance is not None:
-            image_guidance = default_ig if image_guidance in (None, "") else _number(image_guidance, "Image guidance", *GUIDANCE_RANGE)
-            if pre.scales and image_guidance == default_ig:
-                image_guidance = pre.scales[1]
-        max_side = spec.max_side if max_side in (None, "") else _number(max_side, "Max side", *MAX_SIDE_RANGE, integer=True)
-        if randomize_seed:
-            seed = random.SystemRandom().randint(0, MAX_SEED)
-        else:
-            seed = 0 if seed in (None, "") else _number(seed, "Seed", 0, MAX_SEED, integer=True)
-
-        # -- text
-        text = (instruction or "").strip() if isinstance(instruction, str) or instruction is None else None
-        if text is None:
-            raise UserError("The instruction must be text.")
-        inter_text = (interleaved or "").strip() if spec.takes("interleaved") else ""
-        if not text and not inter_text:
-            raise UserError("The instruction is empty: type what to do (e.g. 'segment the red circle') or pick a task preset.")
-        if len(text) > 2000 or len(inter_text) > 2000:
-            raise UserError("The instruction is too long (at most 2000 characters).")
-
-        # -- images
-        src = None
-        if spec.takes("image"):
-            if image is None:
-                raise UserError(f"Upload a source image: {spec.name} edits an image.")
-            src = load_user_image(image, "The source image", cfg)
-        elif image is not None:
-            notes.append(f"{spec.name} does not take a source image; it was not used.")
-        refs: list[PIL.Image.Image] = []
-        ref_items = _reference_items(references)
-        if ref_items:
-            if not spec.takes("references"):
-                notes.append(f"{spec.name} does not take reference images; they were not used.")
-            else:
-                if len(ref_items) > cfg.max_references:
-                    raise UserError(f"At most {cfg.max_references} reference images are accepted, got {len(ref_items)}.")
-                refs = [load_user_image(r, f"Reference image {i + 1}", cfg) for i, r in enumerate(ref_items)]
-        mask_img = None
-        if mask is not None and src is not None:
-            mask_img = mask_from_editor(mask, src.size, cfg)
-            if mask_img is not None and not spec.takes("mask"):
-                notes.append(f"{spec.name} does not take a mask; the painted mask was not used.")
-                mask_img = None
-        aux = None
-        if spec.takes("auxiliary_prompt"):
-            aux = (auxiliary_prompt or "").strip() or pre.auxiliary or None
-            if aux is None and cfg.captioner is not None and src is not None:
-                aux = cfg.captioner(src)
-                notes.append("The auxiliary prompt was written by the captioner.")
-
-        instr: str | list = text
-        if inter_text:
-            instr = parse_interleaved(inter_text, refs)
-        request = EditRequest(instr, image=src, references=refs if spec.takes("references") else [], mask=mask_img, auxiliary_prompt=aux, task=pre.decode)
-        try:
-            request = request.validated()
-        except (ValueError, TypeError) as err:
-            raise UserError(str(err)) from None
-
-        # -- run
-        import torch
-
-        pipe = self.pipeline(spec.key)
-        kwargs: dict[str, Any] = {
-            "num_inference_steps": steps,
-            "guidance_scale": guidance,
-            "max_side": max_side,
-            "generator": torch.Generator().manual_seed(seed),
-        }
-        if spec.image_guidance is not None:
-            kwargs["image_guidance_scale"] = image_guidance
-        if spec.hgs is not None:
-            kwargs.update(spec.hgs(bool(hgs), float(spec.hgs_strength if hgs_strength in (None, "") else _number(hgs_strength, "HGS strength", 0, 100))))
-        elif hgs:
-            notes.append(f"{spec.name} has no high-frequency guidance; HGS was not applied.")
-        total = steps
-
-        def callback(_pipe, i, _t, _kw):
-            if on_step is not None:
-                on_step(i + 1, total)
-            if deadline is not None and time.monotonic() > deadline:  # checked every step: stops a long run cleanly
-                raise RequestTimeout(
-                    f"The request took longer than {cfg.request_timeout_s:g} s and was stopped after step {i + 1} of {total}. "
-                    "Use fewer steps or a smaller max side."
-                )
-            return {}
-
-        kwargs["callback_on_step_end"] = callback
-        t0 = time.perf_counter()
-        lock = self.cache.run_lock((spec.key, self.source(spec.key)))
+    def call(
+        self, spec: MethodSpec, request: EditRequest, settings: Settings, on_step: Callable[[int, int], None] | None, deadline: float | None
+    ) -> tuple[PIL.Image.Image, float]:
+        """Step 4: run the pipeline once (one request at a time per model), with progress and the deadline."""
+        pipe = self.pipeline(spec)
+        kwargs = pipeline_kwargs(spec, settings)
+        kwargs["callback_on_step_end"] = step_callback(settings.steps, on_step, deadline, self.config.request_timeout_s)
+        lock = self.cache.run_lock((spec.key, self.source(spec)))
         if not lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
-            raise RequestTimeout(f"The server is busy: the model was not free within {cfg.request_timeout_s:g} s. Try again shortly.")
+            raise RequestTimeout(f"The server is busy: the model was not free within {self.config.request_timeout_s:g} s. Try again shortly.")
+        t0 = time.perf_counter()
         try:
-            out = pipe.edit(request, **kwargs).images[0]
+            return pipe.edit(request, **kwargs).images[0], time.perf_counter() - t0
         except RequestTimeout:
             raise
         except NonFiniteError as err:
@@ -607,28 +714,3 @@ class Engine:
             raise UserError(f"{spec.name} could not run this request: {err}") from None
         finally:
             lock.release()
-        seconds = time.perf_counter() - t0
-
-        result = EditResult(
-            source=src if src is not None else out,
-            output=out,
-            seed=seed,
-            method=spec.name,
-            instruction=text or inter_text,
-            task=pre.decode,
-            notes=notes,
-            info={
-                "method": spec.key,
-                "seed": seed,
-                "steps": steps,
-                "guidance": guidance,
-                "image_guidance": image_guidance if spec.image_guidance is not None else None,
-                "max_side": max_side,
-                "size": list(out.size),
-                "mask": mask_img is not None,
-                "seconds": round(seconds, 3),
-            },
-        )
-        if pre.decode and src is not None:
-            result.task_value, result.task_image, result.summary = decode_task(pre.decode, src, out, label or pre.default_label)
-        return result

@@ -31,6 +31,7 @@ from .engine import (
     Engine,
     UserError,
     check_readable_path,
+    history_entry,
     load_user_image,
 )
 from .methods import METHODS, MethodSpec, get_method
@@ -117,16 +118,16 @@ def _theme() -> gr.themes.Base:
 def _method_choices(engine: Engine) -> list[tuple[str, str]]:
     out = []
     for key, spec in METHODS.items():
-        a = engine.availability(key)
+        a = engine.availability(spec)
         out.append((spec.name if a.ok else f"{spec.name} (not available)", key))
     return out
 
 
 def _status_line(engine: Engine, key: str) -> str:
     spec = get_method(key)
-    a = engine.availability(key)
+    a = engine.availability(spec)
     if a.ok:
-        loaded = engine.cache.is_loaded((spec.key, engine.source(spec.key) or ""))
+        loaded = engine.is_loaded(spec)
         return f"**{spec.name}** ready: {a.message.split(': ', 1)[-1]}{' (loaded)' if loaded else ' (loads on first run)'}. {spec.description}"
     return f"⚠️ {a.message}"
 
@@ -184,7 +185,7 @@ def build_app(
         cfg.allowed_roots.append(upload_dir)
     first = engine.default_method()
     spec0 = get_method(first)
-    scales0 = engine.scales(first)  # the model's own default guidance where it records one
+    scales0 = engine.scales(spec0)  # the model's own default guidance where it records one
     pre0 = spec0.presets[0]
     gr_cache = examples_cache_dir(engine, cache_dir)
 
@@ -270,7 +271,7 @@ def build_app(
                         height=320,
                         elem_id="mask",
                     ), cfg.allowed_roots)
-                run = gr.Button("Run", variant="primary", interactive=engine.availability(first).ok, elem_id="run")
+                run = gr.Button("Run", variant="primary", interactive=engine.availability(spec0).ok, elem_id="run")
                 with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
                     with gr.Row():
                         steps = gr.Slider(1, 200, value=cfg.default_steps(spec0), step=1, label="Steps", info="denoising steps", elem_id="steps")
@@ -323,8 +324,8 @@ def build_app(
             names = [p.name for p in spec.presets]
             keep = current_preset if current_preset in names else names[0]
             pre = spec.preset(keep)
-            a = engine.availability(key)
-            scales = engine.scales(key)
+            a = engine.availability(spec)
+            scales = engine.scales(spec)
             return (
                 gr.update(choices=names, value=keep),
                 gr.update(visible=pre.needs_label),
@@ -431,7 +432,7 @@ def build_app(
             """Edit `image` following `instruction` with `method`; returns (before, after), the output,
             the decoded task result, a summary, the seed used and the history."""
             spec = get_method(method) if method in METHODS else None
-            if spec is not None and engine.availability(spec.key).ok and not engine.cache.is_loaded((spec.key, engine.source(spec.key))):
+            if spec is not None and engine.availability(spec).ok and not engine.is_loaded(spec):
                 progress(0.0, desc=f"Loading {spec.name}")
 
             def on_step(i: int, n: int) -> None:
@@ -463,7 +464,7 @@ def build_app(
             except Exception as err:  # the server keeps serving; the details go to its log
                 log.exception("edit failed")
                 raise gr.Error(f"The model failed on this request ({type(err).__name__}); the details are in the server log.") from None
-            hist = ([(r.output, _caption(r))] + list(history or []))[: cfg.history_size]
+            hist = history_entry(r, history, cfg.history_size, _caption(r))
             return (
                 (r.source, r.output),
                 r.output,
@@ -523,7 +524,7 @@ def build_app(
         rows = load_examples()
         if rows:
             ex_method = rows[0]["method"]
-            can_cache = cache_examples and engine.availability(ex_method).ok
+            can_cache = cache_examples and engine.availability(get_method(ex_method)).ok
             if can_cache:
                 os.environ["GRADIO_EXAMPLES_CACHE"] = str(gr_cache)
 

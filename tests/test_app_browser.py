@@ -20,6 +20,7 @@ gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
 
 from editkit.app.engine import AppConfig, Engine  # noqa: E402
+from editkit.app.methods import get_method  # noqa: E402
 from editkit.app.ui import free_port, launch  # noqa: E402
 from editkit.pipelines import InstructCVPipeline  # noqa: E402
 from editkit.testing import tiny_instructcv_components  # noqa: E402
@@ -227,7 +228,7 @@ def test_gradio_client_calls_the_named_endpoints(server, files):
     assert seed == 5 and "box(es) for the dog" in summary and len(history) == 1
     methods = client.predict(api_name="/methods")
     assert methods[0]["key"] == "instructcv" and methods[0]["available"] and methods[0]["loaded"]
-    assert server["engine"].cache.loads[("instructcv", server["engine"].source("instructcv"))] == 1
+    assert server["engine"].cache.loads[("instructcv", server["engine"].source(get_method("instructcv")))] == 1
 
 
 def test_gradio_client_gets_clear_errors_and_the_server_keeps_serving(server, files):

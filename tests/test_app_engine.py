@@ -12,13 +12,25 @@ from editkit.app import methods as app_methods
 from editkit.app.engine import (
     EXAMPLES_DIR,
     AppConfig,
+    EditResult,
     Engine,
+    RequestTimeout,
+    Settings,
     UserError,
     availability,
+    build_request,
     check_readable_path,
+    history_entry,
+    make_result,
     mask_from_editor,
     parse_interleaved,
+    pipeline_kwargs,
+    read_images,
+    read_settings,
+    read_text,
+    step_callback,
 )
+from editkit.conditioning import EditRequest
 from editkit.app.methods import METHODS, MethodSpec, get_method, parse_model_args
 from editkit.pipelines import InstructCVPipeline
 from editkit.testing import tiny_instructcv_components
@@ -139,14 +151,14 @@ def test_models_load_once_and_switching_methods_does_not_reload(engine, photo, m
         engine.run(key, str(photo), "make it red", preset="free edit", steps=1)
     assert engine.cache.loads[("instructcv", str(model_dir))] == 1
     assert engine.cache.loads[("instructcv2", str(model_dir))] == 1
-    assert engine.pipeline("instructcv") is engine.pipeline("instructcv")
-    assert engine.pipeline("instructcv") is not engine.pipeline("instructcv2")
+    assert engine.pipeline(get_method("instructcv")) is engine.pipeline(get_method("instructcv"))
+    assert engine.pipeline(get_method("instructcv")) is not engine.pipeline(second)
 
 
 def test_concurrent_first_requests_load_the_model_once(model_dir, uploads):
     eng = Engine(AppConfig(sources={"instructcv": str(model_dir)}, allowed_roots=[uploads]))
     pipes = []
-    threads = [threading.Thread(target=lambda: pipes.append(eng.pipeline("instructcv"))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: pipes.append(eng.pipeline(get_method("instructcv")))) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -239,7 +251,7 @@ def test_a_checkpoint_that_fails_to_load_is_a_user_error_and_not_cached(tmp_path
     eng = Engine(AppConfig(sources={"instructcv": str(broken)}))
     for _ in range(2):
         with pytest.raises(UserError, match="cannot load the InstructCV checkpoint"):
-            eng.pipeline("instructcv")
+            eng.pipeline(get_method("instructcv"))
     assert eng.cache.loaded() == []
 
 
@@ -351,11 +363,84 @@ def test_guidance_starts_from_the_models_own_defaults(tmp_path):
     from editkit.loading import default_model
 
     tuned = Engine(AppConfig(sources={"promptfix": str(default_model("promptfix")), "instructcv": None}))
-    assert tuned.scales("promptfix") == (2.0, 1.5)  # recorded in the shipped tiny model's model_index.json
+    assert tuned.scales(get_method("promptfix")) == (2.0, 1.5)  # recorded in the shipped tiny model's model_index.json
     d = {m["key"]: m for m in tuned.describe()}
     assert (d["promptfix"]["guidance"], d["promptfix"]["image_guidance"]) == (2.0, 1.5)
     (tmp_path / "model_index.json").write_text('{"_class_name": "PromptFixPipeline"}')
     plain = Engine(AppConfig(sources={"promptfix": str(tmp_path), "instructcv": None}))
     spec = get_method("promptfix")
-    assert plain.scales("promptfix") == (spec.guidance, spec.image_guidance) == (6.5, 1.25)
-    assert Engine(AppConfig(sources={"promptfix": "owner/name"})).scales("promptfix") == (6.5, 1.25)  # hub ids are not read
+    assert plain.scales(get_method("promptfix")) == (spec.guidance, spec.image_guidance) == (6.5, 1.25)
+    assert Engine(AppConfig(sources={"promptfix": "owner/name"})).scales(get_method("promptfix")) == (6.5, 1.25)  # hub ids are not read
+
+
+# ----------------------------------------------------------------------------- the steps of Engine.run, one by one
+
+
+def test_read_settings_checks_each_number_and_applies_preset_scales_only_over_defaults():
+    spec = get_method("instructcv")
+    cfg = AppConfig(steps=None)
+    s, notes = read_settings(spec, spec.presets[0], cfg, (7.5, 1.5), steps="12", seed="5", guidance=None)
+    assert (s.steps, s.seed, s.guidance, s.image_guidance, s.max_side) == (12, 5, 7.5, 1.5, spec.max_side)
+    assert notes == []
+    scaled = dataclasses.replace(spec.presets[0], scales=(3.0, 2.0))
+    assert read_settings(spec, scaled, cfg, (7.5, 1.5))[0].guidance == 3.0
+    assert read_settings(spec, scaled, cfg, (7.5, 1.5), guidance=4)[0].guidance == 4.0  # the user's value wins
+    with pytest.raises(UserError, match="Steps must be a whole number"):
+        read_settings(spec, spec.presets[0], cfg, (7.5, 1.5), steps=2.5)
+    with pytest.raises(UserError, match="Text guidance must be between 0 and 30"):
+        read_settings(spec, spec.presets[0], cfg, (7.5, 1.5), guidance=31)
+    s, notes = read_settings(spec, spec.presets[0], cfg, (7.5, 1.5), hgs=True)
+    assert s.extra == {} and notes == ["InstructCV has no high-frequency guidance; HGS was not applied."]
+    pf = get_method("promptfix")
+    assert read_settings(pf, pf.presets[0], cfg, (6.5, 1.25), hgs=False)[0].extra == {"hgs_mode": "off"}
+
+
+def test_read_text_and_read_images_drop_what_the_method_does_not_take(photo):
+    spec = get_method("instructcv")
+    assert read_text(spec, "  make it red ", "ignored <image1>") == ("make it red", "")
+    with pytest.raises(UserError, match="The instruction must be text"):
+        read_text(spec, 3, None)
+    cfg = AppConfig(allowed_roots=[photo.parent])
+    src, mask, refs, notes = read_images(spec, cfg, str(photo), None, [str(photo)])
+    assert src.size == (48, 32) and mask is None and refs == []
+    assert notes == ["InstructCV does not take reference images; they were not used."]
+    with pytest.raises(UserError, match="Upload a source image"):
+        read_images(spec, cfg, None, None, None)
+
+
+def test_build_request_parses_interleaved_prompts_against_the_references():
+    spec = get_method("dreamengine")
+    ref = PIL.Image.new("RGB", (16, 16), (200, 0, 0))
+    request, notes = build_request(spec, spec.presets[0], AppConfig(), "", "put <image1> on grass", (None, None, [ref]), None)
+    text0, image1, text2 = request.instruction
+    assert (text0, text2) == ("put ", " on grass") and np.array_equal(np.asarray(image1), np.asarray(ref))
+    with pytest.raises(UserError, match="the prompt refers"):
+        build_request(spec, spec.presets[0], AppConfig(), "", "put <image2> here", (None, None, [ref]), None)
+
+
+def test_pipeline_kwargs_step_callback_and_history():
+    spec = get_method("instructcv")
+    s = Settings(steps=3, guidance=2.0, image_guidance=1.0, max_side=64, seed=9, extra={})
+    kw = pipeline_kwargs(spec, s)
+    assert (kw["num_inference_steps"], kw["guidance_scale"], kw["image_guidance_scale"], kw["max_side"]) == (3, 2.0, 1.0, 64)
+    assert kw["generator"].initial_seed() == 9
+    seen = []
+    step_callback(3, lambda i, n: seen.append((i, n)), None, None)(None, 0, None, {})
+    assert seen == [(1, 3)]
+    with pytest.raises(RequestTimeout, match="stopped after step 2 of 3"):
+        step_callback(3, None, 0.0, 5.0)(None, 1, None, {})
+    result = EditResult(source=PIL.Image.new("RGB", (4, 4)), output=PIL.Image.new("RGB", (4, 4)), seed=0, method="m", instruction="i")
+    hist = history_entry(result, [("a", "x"), ("b", "y")], 2, "new")
+    assert hist == [(result.output, "new"), ("a", "x")]
+
+
+def test_make_result_decodes_task_presets(photo):
+    spec = get_method("instructcv")
+    pre = next(p for p in spec.presets if p.decode == "segment")
+    src = PIL.Image.new("RGB", (16, 16))
+    out = PIL.Image.new("RGB", (16, 16), (255, 255, 255))
+    request = EditRequest("segment the circle", image=src, task="segment").validated()
+    s = Settings(steps=1, guidance=1.0, image_guidance=1.0, max_side=64, seed=0)
+    r = make_result(spec, pre, request, out, s, instruction="segment the circle", seconds=0.5, label="circle", notes=[])
+    assert r.task == "segment" and r.task_value.shape == (16, 16) and r.task_value.all()
+    assert r.info["seconds"] == 0.5 and r.info["mask"] is False and r.summary.startswith("Mask of the circle: 100.0%")

@@ -21,6 +21,7 @@ httpx = pytest.importorskip("httpx")
 from editkit.app.__main__ import config_from_args  # noqa: E402
 from editkit.app.args import build_arg_parser  # noqa: E402
 from editkit.app.engine import APP_DIR, EXAMPLES_DIR, AppConfig, Engine, RequestTimeout, UserError  # noqa: E402
+from editkit.app.methods import get_method  # noqa: E402
 from editkit.app.ui import free_port, launch  # noqa: E402
 from editkit.pipelines import InstructCVPipeline  # noqa: E402
 from editkit.testing import tiny_instructcv_components  # noqa: E402
@@ -50,7 +51,7 @@ def uploads(tmp_path_factory):
 
 def test_a_long_request_is_stopped_at_the_timeout_and_the_engine_goes_on(model_dir, uploads):
     eng = Engine(AppConfig(sources={"instructcv": str(model_dir)}, allowed_roots=[uploads], request_timeout_s=0.5))
-    eng.pipeline("instructcv")  # load outside the timed part
+    eng.pipeline(get_method("instructcv"))  # load outside the timed part
     seen = []
     t0 = time.monotonic()
     with pytest.raises(RequestTimeout, match=r"longer than 0.5 s and was stopped after step \d+ of 200"):
@@ -64,7 +65,7 @@ def test_a_long_request_is_stopped_at_the_timeout_and_the_engine_goes_on(model_d
 
 def test_a_busy_model_is_a_clean_refusal_after_the_timeout(model_dir, uploads):
     eng = Engine(AppConfig(sources={"instructcv": str(model_dir)}, allowed_roots=[uploads], request_timeout_s=0.3))
-    eng.pipeline("instructcv")
+    eng.pipeline(get_method("instructcv"))
     lock = eng.cache.run_lock(("instructcv", str(model_dir)))
     with lock:  # another request holds the model
         t0 = time.monotonic()
