@@ -433,12 +433,29 @@ def read_settings(
     return Settings(steps, guidance, image_guidance, max_side, seed, extra), notes
 
 
-def read_text(spec: MethodSpec, instruction: Any, interleaved: Any) -> tuple[str, str]:
-    """Step 2a: the instruction and the interleaved prompt, stripped; at least one must be given."""
+def label_from_text(spec: MethodSpec, pre: Preset, instruction: Any, label: str | None) -> str | None:
+    """The object the model was told about: "Segment the dog." under the segment preset -> "dog"
+    (an instruction in other words keeps `label`: presets also run held-out phrasings)."""
+    match = spec.match_preset(instruction.strip()) if isinstance(instruction, str) and instruction.strip() else None
+    if match is None or match[0] is not pre or not match[1]:
+        return label
+    return match[1]
+
+
+def read_text(spec: MethodSpec, instruction: Any, interleaved: Any, pre: Preset | None = None, label: str | None = None) -> tuple[str, str]:
+    """Step 2a: the instruction and the interleaved prompt, stripped; at least one must be given.
+
+    Both empty and a templated preset chosen: the preset's sentence, as the page fills it (API callers)."""
     if not (instruction is None or isinstance(instruction, str)):
         raise UserError("The instruction must be text.")
     text = (instruction or "").strip()
     inter_text = (interleaved or "").strip() if spec.takes("interleaved") else ""
+    if not text and not inter_text and pre is not None and pre.template:
+        filled = pre.instruction(label)
+        if spec.takes("interleaved") and "<image" in filled:
+            inter_text = filled
+        else:
+            text = filled
     if not text and not inter_text:
         raise UserError("The instruction is empty: type what to do (e.g. 'segment the red circle') or pick a task preset.")
     if len(text) > 2000 or len(inter_text) > 2000:
@@ -491,7 +508,13 @@ def build_request(
         if aux is None and config.captioner is not None and src is not None:
             aux = config.captioner(src)
             notes.append("The auxiliary prompt was written by the captioner.")
-    instr: str | list = parse_interleaved(inter_text, refs) if inter_text else text
+    instr: str | list = text
+    if inter_text:  # the tagged references go inline; the pipeline takes them one way, not both
+        instr = parse_interleaved(inter_text, refs)
+        unused = sum(1 for r in refs if not any(part is r for part in instr))
+        if unused:
+            notes.append(f"{unused} reference image(s) not named by an <imageN> tag in the prompt were not used.")
+        refs = []
     request = EditRequest(instr, image=src, references=refs, mask=mask_img, auxiliary_prompt=aux, task=pre.decode)
     try:
         return request.validated(), notes
@@ -684,8 +707,9 @@ class Engine:
             pre = spec.preset(preset)
         except ValueError as err:
             raise UserError(str(err)) from None
+        label = label_from_text(spec, pre, instruction, label)
         settings, notes = read_settings(spec, pre, self.config, self.scales(spec), **numbers)
-        text, inter_text = read_text(spec, instruction, interleaved)
+        text, inter_text = read_text(spec, instruction, interleaved, pre, label)
         src, mask_img, refs, image_notes = read_images(spec, self.config, image, mask, references)
         request, request_notes = build_request(spec, pre, self.config, text, inter_text, (src, mask_img, refs), auxiliary_prompt)
         output, seconds = self.call(spec, request, settings, on_step, deadline)

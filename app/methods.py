@@ -89,8 +89,8 @@ class MethodSpec:
         return name in self.fields
 
     def preset(self, name: str | None) -> Preset:
-        if not name:
-            return self.presets[0]
+        if not name:  # the free edit where the method has one (an API call that names no preset)
+            return next((p for p in self.presets if not p.template), self.presets[0])
         for p in self.presets:
             if p.name == name:
                 return p

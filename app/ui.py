@@ -432,6 +432,8 @@ def build_app(
             """Edit `image` following `instruction` with `method`; returns (before, after), the output,
             the decoded task result, a summary, the seed used and the history."""
             spec = get_method(method) if method in METHODS else None
+            if spec is not None and preset == pre0.name and preset not in [p.name for p in spec.presets]:
+                preset = ""  # the dropdown's initial value is what gradio_client sends when a call names no preset
             if spec is not None and engine.availability(spec).ok and not engine.is_loaded(spec):
                 progress(0.0, desc=f"Loading {spec.name}")
 

@@ -241,6 +241,7 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         resize_mode: str = "short",
         height: int | None = None,
         width: int | None = None,
+        max_side: int | None = None,
         mask: ImageInput | None = None,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
@@ -278,6 +279,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
                 floored to a multiple of 64. None: work at the input's size
                 (rounded to what the UNet needs). The output is at the input's size.
             height, width: output size instead (working size = it, rounded).
+            max_side: the working size every editkit pipeline takes: the input's aspect ratio with
+                the long side scaled down to at most `max_side` (replaces `resize_side` when given).
             mask: optional mask of the input's size; white = may change. Pixels
                 outside come from the input; HGS only compares outside it.
             num_images_per_prompt, eta, generator, latents: as in diffusers.
@@ -312,6 +315,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         multiple = int(np.lcm(RESIZE_MULTIPLE, self.size_multiple))
         if height is not None or width is not None:
             plans = {plan_size(im.size, self.size_multiple, height, width, None) for im in images}
+        elif max_side is not None:
+            plans = {plan_size(im.size, multiple, None, None, max_side) for im in images}
         elif resize_side is None:
             plans = {plan_size(im.size, self.size_multiple) for im in images}
         else:

@@ -20,7 +20,7 @@ gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
 
 from editkit.app.engine import AppConfig, Engine  # noqa: E402
-from editkit.app.methods import get_method  # noqa: E402
+from editkit.app.methods import METHODS, default_sources, get_method  # noqa: E402
 from editkit.app.ui import free_port, launch  # noqa: E402
 from editkit.pipelines import InstructCVPipeline  # noqa: E402
 from editkit.testing import tiny_instructcv_components  # noqa: E402
@@ -231,10 +231,33 @@ def test_gradio_client_calls_the_named_endpoints(server, files):
     assert server["engine"].cache.loads[("instructcv", server["engine"].source(get_method("instructcv")))] == 1
 
 
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory):
+    """Every method with its shipped tiny model, as `editkit app` serves them."""
+    root = tmp_path_factory.mktemp("app_shipped")
+    engine = Engine(AppConfig(sources=default_sources(), steps=2))
+    port = free_port()
+    demo = launch(engine, port=port, queue_size=QUEUE_SIZE, cache_dir=root / "cache", prevent_thread_lock=True, quiet=True)
+    yield {"url": f"http://127.0.0.1:{port}/", "engine": engine}
+    demo.close()
+
+
+@pytest.mark.parametrize("key", list(METHODS))
+def test_gradio_client_runs_every_method_with_the_api_defaults(shipped_server, files, key):
+    client = gradio_client.Client(shipped_server["url"], verbose=False)
+    args = {"method": key, "image": gradio_client.handle_file(str(files / "small.png")), "instruction": "make it red",
+            "steps": 2, "seed": 1, "randomize_seed": False}
+    compare, output, task_image, summary, seed, history = client.predict(**args, api_name="/edit")
+    if get_method(key).takes("image"):
+        assert PIL.Image.open(output).size == (48, 32)
+    assert seed == 1
+    assert history[-1]["caption"] == f"{get_method(key).name}: make it red (seed 1)"
+
+
 def test_gradio_client_gets_clear_errors_and_the_server_keeps_serving(server, files):
     client = gradio_client.Client(server["url"], verbose=False)
     for kwargs, words in [
-        ({"instruction": "  "}, "instruction is empty"),
+        ({"instruction": "  ", "preset": "free edit"}, "instruction is empty"),  # a templated preset fills it
         ({"method": "promptfix"}, "not available"),
         ({"image": gradio_client.handle_file(str(files / "notes.png"))}, "not an image"),
         ({"steps": 9999}, "greater than maximum"),

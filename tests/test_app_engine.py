@@ -21,6 +21,7 @@ from editkit.app.engine import (
     build_request,
     check_readable_path,
     history_entry,
+    label_from_text,
     make_result,
     mask_from_editor,
     parse_interleaved,
@@ -398,6 +399,13 @@ def test_read_settings_checks_each_number_and_applies_preset_scales_only_over_de
 def test_read_text_and_read_images_drop_what_the_method_does_not_take(photo):
     spec = get_method("instructcv")
     assert read_text(spec, "  make it red ", "ignored <image1>") == ("make it red", "")
+    seg = spec.preset("segment")
+    assert read_text(spec, "", None, seg, "blue star") == ("Segment the blue star.", "")  # as the page fills it
+    dream = get_method("dreamengine")
+    assert read_text(dream, None, "", dream.presets[0]) == ("", dream.presets[0].template)
+    assert spec.preset(None).name == "free edit" and dream.preset("").name == "free edit"
+    assert label_from_text(spec, seg, "Segment the dog.", "red circle") == "dog"  # the object the model was told
+    assert label_from_text(spec, seg, "Highlight the dog.", "dog") == "dog"  # other words: the label given
     with pytest.raises(UserError, match="The instruction must be text"):
         read_text(spec, 3, None)
     cfg = AppConfig(allowed_roots=[photo.parent])
@@ -414,6 +422,10 @@ def test_build_request_parses_interleaved_prompts_against_the_references():
     request, notes = build_request(spec, spec.presets[0], AppConfig(), "", "put <image1> on grass", (None, None, [ref]), None)
     text0, image1, text2 = request.instruction
     assert (text0, text2) == ("put ", " on grass") and np.array_equal(np.asarray(image1), np.asarray(ref))
+    assert request.references in (None, []) and notes == []  # inline, not passed twice
+    other = PIL.Image.new("RGB", (16, 16), (0, 0, 200))
+    _, notes = build_request(spec, spec.presets[0], AppConfig(), "", "put <image1> on grass", (None, None, [ref, other]), None)
+    assert notes == ["1 reference image(s) not named by an <imageN> tag in the prompt were not used."]
     with pytest.raises(UserError, match="the prompt refers"):
         build_request(spec, spec.presets[0], AppConfig(), "", "put <image2> here", (None, None, [ref]), None)
 
