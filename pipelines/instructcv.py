@@ -92,6 +92,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler: KarrasDiffusionSchedulers,
+        guidance_scale: float = 7.5,
+        image_guidance_scale: float = 1.5,
     ):
         super().__init__()
         latent_ch = vae.config.latent_channels
@@ -102,6 +104,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
                 "an InstructPix2Pix/InstructCV one?"
             )
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        # the default scales travel with the model (official 7.5 / 1.5; a shapes model keeps the ones chosen on val)
+        self.register_to_config(guidance_scale=float(guidance_scale), image_guidance_scale=float(image_guidance_scale))
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         # latent sides must survive every UNet downsampling
         self.size_multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
@@ -139,8 +143,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
         prompt: str | list[str],
         image: ImageInput | list[ImageInput],
         num_inference_steps: int = 100,
-        guidance_scale: float = 7.5,
-        image_guidance_scale: float = 1.5,
+        guidance_scale: float | None = None,
+        image_guidance_scale: float | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -164,8 +168,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
                 prompts, many images for one prompt, or pairs).
             image: path, PIL image, array or tensor (or a list of them).
             num_inference_steps: denoising steps (InstructCV CLI default 100).
-            guidance_scale: text guidance $s_T$ (7.5).
-            image_guidance_scale: image guidance $s_I$ (1.5). Branches whose
+            guidance_scale: text guidance $s_T$. None: the model's `config.guidance_scale` (official 7.5).
+            image_guidance_scale: image guidance $s_I$. None: `config.image_guidance_scale` (official 1.5). Branches whose
                 weight is zero are skipped; (1, 1) runs the conditional branch only.
             negative_prompt: the null text (default "").
             height, width: output size; the other side follows the aspect
@@ -182,6 +186,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
                 may return a dict replacing "latents", "prompt_embeds" or "image_latents".
         """
         check_output_type(output_type)
+        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        image_guidance_scale = self.config.image_guidance_scale if image_guidance_scale is None else image_guidance_scale
         check_sampling_args(num_inference_steps, num_images_per_prompt, guidance_scale=guidance_scale, image_guidance_scale=image_guidance_scale, eta=eta)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs

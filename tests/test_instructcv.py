@@ -235,3 +235,15 @@ def test_run_task_decodes_each_task(pipe):
         pipe.run_task("segment", img)
     with pytest.raises(ValueError, match="task"):
         pipe.run_task("paint", img, "x")
+
+
+def test_default_scales_travel_with_the_model(comps, pipe, tmp_path):
+    tuned = InstructCVPipeline(**comps, guidance_scale=3.0, image_guidance_scale=1.2)
+    tuned.save_pretrained(tmp_path / "tuned")
+    loaded = InstructCVPipeline.from_pretrained(tmp_path / "tuned")
+    loaded.set_progress_bar_config(disable=True)
+    assert (loaded.config.guidance_scale, loaded.config.image_guidance_scale) == (3.0, 1.2)
+    run = lambda p, **kw: p("x", image=_image(), num_inference_steps=2, generator=_gen(), output_type="np", **kw).images  # noqa: E731
+    assert np.array_equal(run(loaded), run(pipe, guidance_scale=3.0, image_guidance_scale=1.2))
+    assert not np.allclose(run(loaded), run(pipe))  # the official 7.5 / 1.5 differ
+    assert (pipe.config.guidance_scale, pipe.config.image_guidance_scale) == (7.5, 1.5)

@@ -71,6 +71,11 @@ class InstructCVTraining(MethodTraining):
         self.dropout = ip2p_dropout(float(cfg.train.conditioning_dropout))
         self.instruction_noise = float(cfg.train.instruction_noise)
         self.instruction_noise_drop = float(cfg.train.instruction_noise_drop)
+        # default guidance scales for the exported pipeline; those not given keep the pipeline's (official)
+        opts = dict(m.get("options") or {})
+        self.guidance = {k: float(opts.pop(k)) for k in ("guidance_scale", "image_guidance_scale") if k in opts}
+        if opts:
+            raise ValueError(f"unknown model.options for instructcv: {sorted(opts)}; known: guidance_scale, image_guidance_scale")
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         mods = {"unet": self.unet}
@@ -137,6 +142,7 @@ class InstructCVTraining(MethodTraining):
             tokenizer=self.tokenizer,
             unet=models["unet"],
             scheduler=scheduler,
+            **self.guidance,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
