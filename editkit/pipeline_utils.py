@@ -155,6 +155,32 @@ class EditPipelineMixin:
     def request_kwargs(self, request: EditRequest) -> dict[str, Any]:
         raise NotImplementedError
 
+    # -- diffusers' call-state properties: a `callback_on_step_end` may read them, and change the
+    # scales for the steps after it (the sampling loop reads the same `_scales` dict every step)
+
+    @property
+    def num_timesteps(self) -> int | None:
+        """Denoising steps of the current (or last) call."""
+        return getattr(self, "_num_timesteps", None)
+
+    def _read_scale(self, name: str) -> float | None:
+        scales = getattr(self, "_scales", None)
+        if scales is not None:
+            return scales.get(name)
+        return getattr(self.config, name, None)  # before any call: the model's default, where it has one
+
+    def _write_scale(self, name: str, value: float) -> None:
+        scales = getattr(self, "_scales", None)
+        if scales is None or name not in scales:
+            raise AttributeError(f"{type(self).__name__}.{name} can be changed only during a call (from `callback_on_step_end`).")
+        scales[name] = float(value)
+
+    guidance_scale = property(lambda self: self._read_scale("guidance_scale"), lambda self, v: self._write_scale("guidance_scale", v))
+    image_guidance_scale = property(lambda self: self._read_scale("image_guidance_scale"), lambda self, v: self._write_scale("image_guidance_scale", v))
+    # the private names diffusers' own callbacks write (e.g. `pipe._guidance_scale += 1`)
+    _guidance_scale = guidance_scale
+    _image_guidance_scale = image_guidance_scale
+
     def edit(self, request: EditRequest, **kwargs: Any) -> EditPipelineOutput:
         request = request.validated()
         unsupported = [

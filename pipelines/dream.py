@@ -291,7 +291,7 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         cond = self.encode_conditioning([c for _, c, _ in routed], [n for _, _, n in routed], vit_ratio, max_sequence_length)
         cond = cond.repeat_interleave(num_images_per_prompt)
         batch = cond.batch_size
-        scales = {"guidance_scale": guidance_scale}
+        self._scales = scales = {"guidance_scale": guidance_scale}
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps

@@ -214,7 +214,7 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
 
         cond = self.encode_conditioning(prompts, pixels, negative_prompt).repeat_interleave(num_images_per_prompt)
         batch = cond.batch_size
-        scales = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale}
+        self._scales = scales = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale}
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps

@@ -366,7 +366,7 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
         # the null branch's VAE slot is the sampler's own starting noise
         cond = build_conditioning(rep(text), rep(text_mask), rep(pooled), rep(null_text), rep(null_mask), rep(null_pooled),
                                   rep(image_latents), latents.clone(), rep(image_embeds), dtype)
-        scales = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale}
+        self._scales = scales = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale}
 
         # -- flow-matching grid: sigmas 1 - linspace(0, 1, N + 1)[:-1], shifted by the scheduler --
         sigmas = (1.0 - np.linspace(0.0, 1.0, num_inference_steps + 1)[:-1]).tolist()

@@ -337,7 +337,7 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         skips = self._skips(pixels)
         batch = cond.batch_size
         rule = GUIDANCE_MODES[guidance_mode]
-        scales = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale}
+        self._scales = scales = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale}
         steps_correctors = ([hgs or HighFrequencyGuidance.recommended()] if hgs_mode == "latent" else []) + list(correctors)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)

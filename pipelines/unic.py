@@ -382,7 +382,7 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         control_latents = vae_encode_scaled(self.vae, pixels, sample_condition, generator if isinstance(generator, torch.Generator) else None)
         cond = build_conditioning(text, pooled, instr, pooled_instr, null, null_pooled, control_latents, dtype)
         cond = cond.repeat_interleave(num_images_per_prompt)
-        scales = {"guidance_scale": s_p, "image_guidance_scale": s_c}
+        self._scales = scales = {"guidance_scale": s_p, "image_guidance_scale": s_c}
 
         # -- flow-matching sampling
         self.scheduler.set_timesteps(num_inference_steps, device=device)

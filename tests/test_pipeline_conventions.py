@@ -1,0 +1,63 @@
+"""diffusers' call-state conventions on all five pipelines (shipped tiny models): `num_timesteps` and the
+guidance scales as properties a `callback_on_step_end` reads and changes for the steps after it."""
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from editkit.conditioning import EditRequest
+from editkit.loading import default_model, load_pipeline
+
+METHODS = ["instructcv", "promptfix", "pixwizard", "unic", "dream"]
+STEPS = 3
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def pipe(request):
+    p = load_pipeline(request.param, str(default_model(request.param)), "cpu", "fp32")
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _run(pipe, callback=None, **kw):
+    import torch
+
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    out = pipe.edit(EditRequest("make it red", image=image), num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                    output_type="np", callback_on_step_end=callback, **kw)
+    return out.images
+
+
+def test_callback_reads_num_timesteps_and_can_raise_the_guidance_every_step(pipe):
+    seen = []
+
+    def bump(p, i, t, kwargs):
+        seen.append(p.num_timesteps)
+        p._guidance_scale += 1.0  # what diffusers' own test_callback_cfg does
+        return kwargs
+
+    _run(pipe, bump, guidance_scale=2.0)
+    assert seen == [STEPS] * STEPS and pipe.num_timesteps == STEPS
+    assert pipe.guidance_scale == pytest.approx(2.0 + STEPS)
+
+
+def test_a_guidance_change_takes_effect_from_the_next_step(pipe):
+    def set_at(step, value):
+        def cb(p, i, t, kwargs):
+            if i == step:
+                p.guidance_scale = value
+            return kwargs
+        return cb
+
+    base = _run(pipe, guidance_scale=2.0)
+    assert np.array_equal(_run(pipe, set_at(0, 2.0), guidance_scale=2.0), base)  # same value: same output
+    assert np.array_equal(_run(pipe, set_at(STEPS - 1, 6.0), guidance_scale=2.0), base)  # after the last step: no effect
+    assert np.abs(_run(pipe, set_at(0, 6.0), guidance_scale=2.0) - base).max() > 1e-4  # steps 2.. ran at 6
+
+
+def test_scales_cannot_be_set_outside_a_call(pipe):
+    fresh = type(pipe)(**pipe.components)
+    with pytest.raises(AttributeError, match="only during a call"):
+        fresh.guidance_scale = 3.0
