@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import tasks
-from .loading import DTYPES, METHODS, load_pipeline
+from .loading import DTYPES, METHODS, default_model, load_pipeline
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="instructcv", choices=METHODS, help="which pipeline (default: instructcv)")
@@ -35,7 +36,6 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
     """The sampling options the user gave, checked (editkit.validation) before any model loads.
 
     An option the chosen method's pipeline does not take is an error, not silently dropped."""
-    import inspect
 
     import torch
 
@@ -68,12 +68,23 @@ def _sampling_kwargs(args: argparse.Namespace) -> dict:
     return kw
 
 
+def run_plan(pipe, kwargs: dict) -> str:
+    """What a run will use, said before it starts (a large working size is why a CPU run is slow)."""
+    params = inspect.signature(pipe.__call__).parameters
+    steps = kwargs.get("num_inference_steps", params["num_inference_steps"].default)
+    side = kwargs.get("max_side", params["max_side"].default if "max_side" in params else None)
+    if side == "auto":
+        side = pipe.trained_side
+    return f"{steps} steps · working size: long side at most {side} px" if isinstance(side, int) else f"{steps} steps"
+
+
 def cmd_edit(args: argparse.Namespace) -> int:
     from .conditioning import EditRequest
 
     request = EditRequest(args.instruction, image=args.image, mask=args.mask).validated()
     kwargs = _sampling_kwargs(args)
     pipe = load_pipeline(args.method, args.model, args.device, args.dtype)
+    print(f"model {args.model or default_model(args.method)} · {run_plan(pipe, kwargs)}", file=sys.stderr)
     out = pipe.edit(request, **kwargs).images[0]
     out_path = Path(args.output)
     out_path.parent.mkdir(parents=True, exist_ok=True)

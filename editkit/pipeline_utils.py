@@ -155,6 +155,15 @@ class EditPipelineMixin:
     def request_kwargs(self, request: EditRequest) -> dict[str, Any]:
         raise NotImplementedError
 
+    @property
+    def trained_side(self) -> int | None:
+        """The image side the backbone was trained at (its `sample_size` x the VAE factor), if it records one."""
+        backbone = getattr(self, "unet", None) or getattr(self, "transformer", None)
+        size = getattr(getattr(backbone, "config", None), "sample_size", None)
+        if isinstance(size, (list, tuple)):
+            size = max(size)
+        return int(size) * int(self.vae_scale_factor) if size else None
+
     # -- diffusers' call-state properties: a `callback_on_step_end` may read them, and change the
     # scales for the steps after it (the sampling loop reads the same `_scales` dict every step)
 

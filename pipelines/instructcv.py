@@ -148,7 +148,7 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        max_side: int | None = DEFAULT_MAX_SIDE,
+        max_side: int | None | str = "auto",
         mask: ImageInput | None = None,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
@@ -175,7 +175,10 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
             height, width: output size; the other side follows the aspect
                 ratio when only one is given. Default: the input's size.
             max_side: bound on the working resolution's long side (the model
-                runs at most this large; the output is resized back).
+                runs at most this large; the output is resized back). "auto": the
+                size the model was trained at (`trained_side`: UNet sample size x VAE
+                factor; 512 for SD 1.5-based InstructCV, 64 for the shipped tiny model).
+                None: no bound.
             mask: optional (H, W) mask of the input's size; white = may change.
                 Pixels outside it are taken from the input.
             num_images_per_prompt: samples per prompt.
@@ -196,6 +199,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
             raise ValueError(f"`callback_on_step_end_tensor_inputs` has {sorted(bad)}; allowed: {self._callback_tensor_inputs}.")
 
         prompts, images = broadcast_batch(prompt, image)
+        if max_side == "auto":
+            max_side = self.trained_side or DEFAULT_MAX_SIDE
         plans = {plan_size(im.size, self.size_multiple, height, width, max_side) for im in images}
         if len(plans) > 1:
             raise ValueError(
