@@ -262,6 +262,39 @@ def test_skip_vae_with_zero_lora_equals_the_plain_vae():
             pf.decode_with_skips(z, skips[:2])
 
 
+def test_skip_vae_decodes_without_lora_when_no_skips_and_copies_hook_their_own_lora():
+    import copy
+
+    from editkit.modeling.promptfix_vae import PromptFixAutoencoderKL
+    from editkit.testing import tiny_vae
+
+    vae = tiny_vae(seed=0)
+    pf = PromptFixAutoencoderKL.from_config({**vae.config, "skip_lora_rank": 4}).eval()
+    pf.load_state_dict(vae.state_dict(), strict=False)
+    torch.manual_seed(0)
+    for r in pf._decoder_resnets:
+        r.lora.lora_up.weight.data.normal_(0, 0.5)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mode()
+        skips = pf.encoder_skips(x)
+        plain = vae.decode(z).sample
+        # the official decoder adds its LoRA only when it is given skips
+        assert torch.equal(pf.decode(z).sample, plain)
+        assert torch.equal(pf.decode_with_skips(z, None), plain)
+        with_skips = pf.decode_with_skips(z, skips)
+        assert (with_skips - plain).abs().max() > 1e-2
+        twin = copy.deepcopy(pf)
+        assert torch.equal(twin.decode_with_skips(z, skips), with_skips)
+        for r in twin._decoder_resnets:
+            r.lora.lora_up.weight.zero_()
+        assert torch.allclose(twin.decode_with_skips(z, skips), plain, atol=1e-6)  # the copy reads its own LoRA
+        assert torch.equal(pf.decode_with_skips(z, skips), with_skips)  # and the original is untouched
+        double = copy.deepcopy(pf).double()
+        out = double.decode_with_skips(z.double(), [s.double() for s in skips])
+        assert out.dtype == torch.float64 and torch.allclose(out.float(), with_skips, atol=1e-4)
+
+
 def test_evaluation_adapter_on_two_shapes_samples(pipe):
     from editkit.data.shapes import make_sample
 

@@ -6,7 +6,12 @@ conv 1x1 (r -> C_out, no bias, zero-initialised), scale 1. The skips are the
 encoder's activations in order (conv_in, then per level each ResBlock output and
 the downsample output); the decoder consumes them deepest-first, one per
 ResBlock, and a skip whose shape differs from h is not added (the LoRA sees h
-alone). Decoding without skips runs the LoRA on h alone.
+alone). Decoding without skips (`decode`, or `decode_with_skips(z, None)`) runs
+no LoRA at all: the official decoder adds its LoRA only when it is given skips.
+
+Each LoRA keeps the skip it will read and its conv hook is a bound method, so a
+`copy.deepcopy` of the model (EMA copies, dtype casts of a copy) hooks the copy's
+own LoRA modules.
 
 With `skip_lora_rank=None` this is exactly `AutoencoderKL`. The LoRA weights
 live at `decoder.up_blocks.{i}.resnets.{j}.lora.{lora_down,lora_up}.weight`.
@@ -31,10 +36,16 @@ class SkipLoRA(nn.Module):
         self.lora_up = nn.Conv2d(rank, conv.out_channels, 1, bias=False)
         nn.init.zeros_(self.lora_up.weight)
         self.scale = scale
+        self.skip: torch.Tensor | None = None  # set for one decode by `PromptFixAutoencoderKL.decode_with_skips`
+        self.active = False
 
     def forward(self, h: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         x = h + skip.to(h.dtype) if skip is not None and skip.shape == h.shape else h
         return self.lora_up(self.dropout(self.lora_down(x))) * self.scale
+
+    def conv_hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        """Forward hook on the ResBlock's conv1: adds the LoRA branch while a skip decode is running."""
+        return output + self(inputs[0], self.skip) if self.active else output
 
 
 class PromptFixAutoencoderKL(AutoencoderKL):
@@ -43,19 +54,11 @@ class PromptFixAutoencoderKL(AutoencoderKL):
     def __init__(self, *args, skip_lora_rank: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.register_to_config(skip_lora_rank=skip_lora_rank)
-        self._pending_skips: list[torch.Tensor] | None = None
         self._decoder_resnets = [r for block in self.decoder.up_blocks for r in block.resnets]
         if skip_lora_rank:
             for resnet in self._decoder_resnets:
                 resnet.lora = SkipLoRA(resnet.conv1, int(skip_lora_rank))
-                resnet.conv1.register_forward_hook(self._lora_hook(resnet))
-
-    def _lora_hook(self, resnet):
-        def hook(module, inputs, output):
-            skip = self._pending_skips.pop() if self._pending_skips else None
-            return output + resnet.lora(inputs[0], skip)
-
-        return hook
+                resnet.conv1.register_forward_hook(resnet.lora.conv_hook)
 
     @property
     def has_skip_lora(self) -> bool:
@@ -83,11 +86,14 @@ class PromptFixAutoencoderKL(AutoencoderKL):
         """Decode *unscaled* latents, feeding the encoder skips (deepest first) to the LoRA branches."""
         if skips is not None and len(skips) != len(self._decoder_resnets):
             raise ValueError(f"got {len(skips)} encoder skips for {len(self._decoder_resnets)} decoder ResBlocks.")
-        self._pending_skips = list(skips) if (skips is not None and self.config.skip_lora_rank) else None
+        loras = [r.lora for r in self._decoder_resnets] if (skips is not None and self.config.skip_lora_rank) else []
+        for lora, skip in zip(loras, reversed(skips or [])):
+            lora.skip, lora.active = skip, True
         try:
             return self.decode(latents, return_dict=False)[0]
         finally:
-            self._pending_skips = None
+            for lora in loras:
+                lora.skip, lora.active = None, False
 
 
 _parent = inspect.signature(AutoencoderKL.__init__)
