@@ -17,7 +17,10 @@ drops the image: its VAE slot holds the initial noise latent and its CLIP
 tokens are zeros, the convention the released weights were trained with. With
 s_I = 1 the null branch has zero weight and is skipped. Guidance acts on all
 latent channels; `official_cfg_channels=True` reproduces the official code's
-guidance of channels 0-2 only.
+guidance of channels 0-2 only. A converted official checkpoint samples the
+official way by default: its transformer config has `official_sampling=True`
+(channels 0-2 guided, condition encoded with a posterior sample) and
+`token_selection="gumbel"`, written by `editkit.convert.pixwizard`.
 
 Any resolution: the image is resized to the aspect-ratio bucket (sizes that
 fit the VAE x patch grid, area <= resolution^2, aspect <= 4) closest to its
@@ -267,11 +270,11 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        official_cfg_channels: bool = False,
+        official_cfg_channels: bool | None = None,
         token_selection: str | None = None,
         proportional_attention: bool = True,
         add_eos: bool = True,
-        sample_condition: bool = False,
+        sample_condition: bool | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> EditPipelineOutput | tuple:
@@ -293,11 +296,13 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
             mask: optional mask of the input's size; pixels outside it are taken from the input.
             num_images_per_prompt, generator, latents: as in diffusers (`latents` is the initial noise).
             output_type: "pil", "np", "pt" or "latent".
-            official_cfg_channels: guide latent channels 0-2 only, channel 3 from the full branch (official quirk).
+            official_cfg_channels: guide latent channels 0-2 only, channel 3 from the full branch (official quirk);
+                default: the transformer config's `official_sampling`.
             token_selection: "topk" (deterministic, default) or "gumbel" (the official random draw, seeded by `generator`).
             proportional_attention: scale self-attention by log_base(seq len) with base = the bucket centre's token count.
             add_eos: append EOS to the LLM tokens (the official sampling tokenisation).
-            sample_condition: encode the source with a posterior sample (official) instead of the mode.
+            sample_condition: encode the source with a posterior sample (official) instead of the mode; default:
+                the transformer config's `official_sampling`.
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may return a dict replacing "latents".
         """
         check_output_type(output_type)
@@ -307,6 +312,10 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
             raise ValueError(f"`num_images_per_prompt` must be >= 1, got {num_images_per_prompt}.")
         if token_selection is not None and token_selection not in TOKEN_SELECTIONS:
             raise ValueError(f"`token_selection` must be one of {TOKEN_SELECTIONS}, got {token_selection!r}.")
+        official = bool(getattr(self.transformer.config, "official_sampling", False))
+        if official_cfg_channels is None:  # with guidance off there is no full branch to take channel 3 from
+            official_cfg_channels = official and guidance_scale != 0
+        sample_condition = official if sample_condition is None else sample_condition
         if official_cfg_channels and guidance_scale == 0:
             raise ValueError("`official_cfg_channels=True` takes channel 3 from the full branch, which guidance_scale=0 skips.")
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):

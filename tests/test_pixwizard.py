@@ -221,6 +221,18 @@ def test_null_branch_uses_initial_noise_and_official_channels(pipe):
     ours1 = pipe("segment the square", _image(), latents=noise.clone(), **one_step).images
     off1 = pipe("segment the square", _image(), latents=noise.clone(), official_cfg_channels=True, **one_step).images
     torch.testing.assert_close(ours1[:, :3], off1[:, :3])
+    # a converted official checkpoint (official_sampling in its config) samples the official way by default
+    pipe.transformer.register_to_config(official_sampling=True)
+    try:
+        gen = dict(kw, generator=torch.Generator().manual_seed(1))
+        default = pipe("segment the square", _image(), latents=noise.clone(), **gen).images
+        gen = dict(kw, generator=torch.Generator().manual_seed(1))
+        explicit = pipe("segment the square", _image(), latents=noise.clone(), official_cfg_channels=True,
+                        sample_condition=True, **gen).images
+        torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+        assert (default - official).abs().max() > 1e-4  # the posterior sample changes the condition
+    finally:
+        pipe.transformer.register_to_config(official_sampling=False)
 
 
 # -- converter --------------------------------------------------------------------------
@@ -235,8 +247,8 @@ OFFICIAL_BLOCK = {f"attention.{n}.weight" for n in ("wq", "wk", "wv", "wo", "wk_
     f"attention.{n}.{p}" for n in ("q_norm", "k_norm", "ky_norm", "kii_norm") for p in ("weight", "bias")} | {
     "attention.gate", "attention.gate_for_ii"} | {f"feed_forward.w{i}.weight" for i in (1, 2, 3)} | {
     f"{n}.weight" for n in ("attention_norm1", "attention_norm2", "ffn_norm1", "ffn_norm2", "attention_y_norm",
-                            "attention_input_norm", "input_image_proj")} | {
-    f"{n}.{p}" for n in ("adaLN_modulation.1", "y_pool_proj", "in_conv.0", "in_conv.1", "out_conv.0", "out_conv.2",
+                            "attention_input_norm", "input_image_proj", "y_pool_proj")} | {
+    f"{n}.{p}" for n in ("adaLN_modulation.1", "in_conv.0", "in_conv.1", "out_conv.0", "out_conv.2",
                          "out_conv.4") for p in ("weight", "bias")}
 
 
@@ -254,12 +266,20 @@ def test_converter_round_trip(tmp_path):
     for key in ("hidden_size", "num_layers", "num_attention_heads", "num_kv_heads", "learn_sigma",
                 "cross_attention_dim", "pooled_text_dim", "image_embed_dim", "in_channels"):
         assert converted.config[key] == model.config[key], key
+    # an official checkpoint samples the official way by default: Gumbel token draw, official guidance channels
+    assert converted.config.official_sampling and converted.config.token_selection == "gumbel"
+    assert not converted.config.task_proj_bias
     reloaded = PixWizardTransformer2DModel.from_pretrained(tmp_path / "transformer")
     x = _inputs()
     with torch.no_grad():
         ref = model(**x, return_dict=False)[0]
-        torch.testing.assert_close(converted(**x, return_dict=False)[0], ref, rtol=0, atol=0)
-        torch.testing.assert_close(reloaded(**x, return_dict=False)[0], ref, rtol=0, atol=0)
+        torch.testing.assert_close(converted(**x, token_selection="topk", return_dict=False)[0], ref, rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(**x, token_selection="topk", return_dict=False)[0], ref, rtol=0, atol=0)
+    # the official y_pool_proj has no bias: a checkpoint that carries one does not fit, and says so
+    with_bias = {**official, "layers.0.y_pool_proj.bias": torch.zeros(official["layers.0.y_pool_proj.weight"].shape[0])}
+    torch.save(with_bias, tmp_path / "bias.pth")
+    with pytest.raises(ValueError, match="unexpected.*task_proj.bias"):
+        convert_checkpoint(tmp_path / "bias.pth")
     torch.save({"x_embedder.weight": torch.zeros(2, 2), "unknown.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises((ValueError, KeyError)):
         convert_checkpoint(tmp_path / "bad.pth")

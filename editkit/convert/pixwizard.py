@@ -146,6 +146,8 @@ def config_from_state_dict(state: dict[str, torch.Tensor], patch_size: int = 2, 
         "learn_sigma": out_dim == per_patch * channels * 2, "qk_norm": "layers.0.attention.q_norm.weight" in state,
         "cross_attention_dim": cross_dim, "pooled_text_dim": pooled_dim, "image_embed_dim": image_dim,
         "sample_tokens": sample_tokens,
+        # an official checkpoint samples the official way by default (docs/fidelity.md)
+        "official_sampling": True, "token_selection": "gumbel",
     }
     return config
 

@@ -116,7 +116,7 @@ class PixWizardBlock(AttentionBackendMixin, LuminaNextDiTBlock):
 
     def __init__(self, dim: int, num_attention_heads: int, num_kv_heads: int | None, multiple_of: int,
                  ffn_dim_multiplier: float | None, norm_eps: float, qk_norm: bool, cross_attention_dim: int,
-                 conditioning_dim: int, image_embed_dim: int, token_temperature: float):
+                 conditioning_dim: int, image_embed_dim: int, token_temperature: float, task_proj_bias: bool = False):
         super().__init__(dim, num_attention_heads, num_kv_heads, multiple_of, ffn_dim_multiplier, norm_eps, qk_norm,
                          cross_attention_dim)
         # The query is shared by all three attentions: attn2 needs no query of its own.
@@ -125,7 +125,7 @@ class PixWizardBlock(AttentionBackendMixin, LuminaNextDiTBlock):
         self.heads = num_attention_heads
         self.kv_heads = num_kv_heads or num_attention_heads
         kv_dim = self.kv_heads * self.head_dim
-        self.task_proj = nn.Linear(conditioning_dim, dim)  # official y_pool_proj
+        self.task_proj = nn.Linear(conditioning_dim, dim, bias=task_proj_bias)  # official y_pool_proj: no bias
         self.image_proj = nn.Linear(image_embed_dim, dim, bias=False)  # official input_image_proj
         self.token_sampler = TaskAwareTokenSampler(dim, token_temperature)  # official in_conv / out_conv
         self.norm_image = RMSNorm(dim, eps=norm_eps)  # official attention_input_norm
@@ -196,6 +196,10 @@ class PixWizardTransformer2DModel(ModelMixin, ConfigMixin):
     their mask, the pooled CLIP text embedding and the CLIP image tokens; output: the velocity
     (data - noise), `2 * in_channels` channels with `learn_sigma` (keep the first half).
 
+    `task_proj_bias`: the official `y_pool_proj` has no bias (editkit's first tiny model was trained with one).
+    `official_sampling`: set by the converter on official checkpoints; `PixWizardPipeline` then samples the
+    official way by default (guidance on latent channels 0-2, the condition encoded with a posterior sample).
+
     `timestep` is in [0, 1] with 0 = noise (Lumina-Next's convention).
     """
 
@@ -224,6 +228,8 @@ class PixWizardTransformer2DModel(ModelMixin, ConfigMixin):
         sample_tokens: int = 256,
         token_temperature: float = 5.0,
         token_selection: str = "topk",
+        task_proj_bias: bool = False,
+        official_sampling: bool = False,
     ):
         super().__init__()
         if hidden_size % num_attention_heads or (hidden_size // num_attention_heads) % 4:
@@ -246,7 +252,8 @@ class PixWizardTransformer2DModel(ModelMixin, ConfigMixin):
         self.layers = nn.ModuleList(
             [
                 PixWizardBlock(hidden_size, num_attention_heads, num_kv_heads, multiple_of, ffn_dim_multiplier, norm_eps,
-                               qk_norm, cross_attention_dim, cond_dim, image_embed_dim, token_temperature)
+                               qk_norm, cross_attention_dim, cond_dim, image_embed_dim, token_temperature,
+                               task_proj_bias)
                 for _ in range(num_layers)
             ]
         )
