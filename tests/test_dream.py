@@ -141,6 +141,47 @@ def test_interleaved_prompt_places_each_image_where_the_text_says(parts):
         interleave_references("Put image 3 here.", [RED, BLUE])
 
 
+def _official_positions(ids: torch.Tensor, mask: torch.Tensor, image_id: int, grids: list[tuple[int, int]]) -> torch.Tensor:
+    """Qwen2-VL M-RoPE positions by hand, as transformers 4.x (the official runtime) gives them: text counts on,
+    an image's merged h x w tokens take (t, row, col) offsets from where it starts, padding sits at 1."""
+    out = torch.ones(3, len(ids), ids.shape[1], dtype=torch.long)
+    grid_iter = iter(grids)
+    for b in range(len(ids)):
+        pos, j, rows = 0, 0, []
+        live = ids[b][mask[b].bool()].tolist()
+        while j < len(live):
+            if live[j] == image_id:
+                h, w = next(grid_iter)
+                rows += [(pos, pos + r, pos + c) for r in range(h) for c in range(w)]
+                pos, j = pos + max(h, w), j + h * w
+            else:
+                rows.append((pos, pos, pos))
+                pos, j = pos + 1, j + 1
+        out[:, b, mask[b].bool()] = torch.tensor(rows).T
+    return out
+
+
+def test_position_ids_follow_the_official_runtime_on_every_transformers_version(parts):
+    from editkit.modeling.dream_encoder import DreamPrompt, official_position_ids
+
+    proc, lmm = parts["proc"], parts["lmm"]
+    cond, _ = task_prompts("interleaved", parts=["A small", RED, "picture"])
+    prompts = [DreamPrompt("Generate Image: a cat"), cond, DreamPrompt("Generate Image: a much longer prompt with many words")]
+    inputs = tokenize_prompts(proc, prompts)
+    assert (inputs["attention_mask"] == 0).any()  # the short prompts are padded
+    positions = official_position_ids(lmm, inputs)
+    expected = _official_positions(inputs["input_ids"], inputs["attention_mask"], proc.image_token_id, [(4, 4)])
+    assert torch.equal(positions, expected)
+    # the states come from exactly these positions, and a prompt's own tokens do not depend on the batch
+    with torch.no_grad():
+        states, used = encode_prompts(lmm, proc, prompts)
+        direct = lmm(**used, position_ids=expected, output_hidden_states=True).hidden_states[-1]
+        alone, _ = encode_prompts(lmm, proc, prompts[:1])
+    torch.testing.assert_close(states, direct, rtol=0, atol=0)
+    n = int(inputs["attention_mask"][0].sum())
+    torch.testing.assert_close(states[0, :n], alone[0], atol=1e-5, rtol=1e-5)
+
+
 def test_vit_blend_ratio(parts):
     proc, lmm = parts["proc"], parts["lmm"]
     cond, _ = task_prompts("edit", image=RED, text="make it blue")

@@ -22,6 +22,7 @@ except where Dream Engine's own null differs, which `official_null` selects):
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 from collections.abc import Sequence
@@ -242,6 +243,25 @@ def _base_model(lmm):
     return lmm.model if hasattr(lmm, "lm_head") else lmm
 
 
+def official_position_ids(base, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Qwen2-VL's multimodal RoPE positions (3, B, N) with padding at position 1, as the official code ran them.
+
+    Dream Engine was trained on transformers 4.x, whose `get_rope_index` leaves padding at 1 and gives the
+    text-only path positions too; 5.x puts padding at 0 and gives text-only prompts none (the LLM then counts
+    the padding on). The official forward feeds every position, padding included, to the DiT and its mean pool,
+    so these positions change the output: they are computed here the same way on every transformers version.
+    """
+    rope_index = base.get_rope_index
+    takes = inspect.signature(rope_index).parameters
+    kwargs = {k: inputs[k] for k in ("image_grid_thw", "video_grid_thw", "attention_mask") if k in inputs and k in takes}
+    if "mm_token_type_ids" in takes:  # transformers 5.x: image tokens are type 1
+        kwargs["mm_token_type_ids"] = inputs.get("mm_token_type_ids", (inputs["input_ids"] == base.config.image_token_id).int())
+    positions, _ = rope_index(inputs["input_ids"], **kwargs)
+    if "attention_mask" in inputs:
+        positions = positions.masked_fill(inputs["attention_mask"][None] == 0, 1)
+    return positions
+
+
 def tokenize_prompts(processor, prompts: Sequence[DreamPrompt], max_sequence_length: int | None = None) -> dict[str, torch.Tensor]:
     """Processor outputs for a batch, right-padded to the longest prompt (or to `max_sequence_length`).
 
@@ -293,7 +313,8 @@ def encode_prompts(
     inputs = tokenize_prompts(processor, prompts, max_sequence_length)
     dtype = base.dtype
     inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in inputs.items()}
-    out = base(**inputs, output_hidden_states=True, return_dict=True)
+    positions = official_position_ids(base, inputs)
+    out = base(**inputs, position_ids=positions, output_hidden_states=True, return_dict=True)
     states = out.hidden_states[hidden_layer]
     if vit_ratio is None:
         return states, inputs
