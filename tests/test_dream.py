@@ -427,6 +427,37 @@ def test_converter_round_trip_from_official_keys(parts, tmp_path):
     torch.save({"mystery.weight": torch.ones(1)}, tmp_path / "odd.bin")
     with pytest.raises(ValueError, match="fit no part"):
         convert_checkpoint([tmp_path / "odd.bin"], tmp_path / "x")
+    _release_folder_with_index(tmp_path / "release", official, keys)
+
+
+def _release_folder_with_index(folder, official, keys):
+    """The release as train.py saves it (shards + index) goes through the CLI; a missing shard, a shard short of
+    its listed keys and a post-norm checkpoint are refused by name."""
+    import json
+
+    from editkit.convert.dream import main
+
+    folder.mkdir()
+    names = ["diffusion_pytorch_model-00001-of-00002.bin", "diffusion_pytorch_model-00002-of-00002.bin"]
+    halves = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
+    for name, ks in zip(names, halves):
+        torch.save({k: official[k] for k in ks}, folder / name)
+    weight_map = {k: name for name, ks in zip(names, halves) for k in ks}
+    (folder / "diffusion_pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert main([str(folder), str(folder / "out")]) == 0
+    assert (folder / "out" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    with pytest.raises(ValueError, match="00002-of-00002.bin.*not"):
+        main([str(folder / names[0]), str(folder / "x")])
+    torch.save({k: official[k] for k in halves[1][1:]}, folder / names[1])
+    with pytest.raises(ValueError, match=f"{names[1]} lacks 1 key"):
+        main([str(folder), str(folder / "x")])
+    torch.save({k: official[k] for k in halves[1]}, folder / names[1])
+    holder = names[0] if "norm_lmm_out.weight" in halves[0] else names[1]
+    part = torch.load(folder / holder, weights_only=True)
+    part["norm_lmm_out.weight"] = torch.full((32,), 0.9)
+    torch.save(part, folder / holder)
+    with pytest.raises(ValueError, match="do_lmm_post_norm"):
+        main([str(folder), str(folder / "x")])
 
 
 # -- 4: training -----------------------------------------------------------------------------------

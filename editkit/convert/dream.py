@@ -12,7 +12,14 @@ Key layout (official names -> editkit):
                                              context_embedder / time_text_embed.text_embedder (unused)
     input_embeds_align_mlp.{0,2}.*        -> transformer: context_embedder.linear_{1,2}.*
     condition_embeds_align_mlp.{0,2}.*    -> transformer: time_text_embed.text_embedder.linear_{1,2}.*
-    norm_lmm_out.*, pooled_proj.*         -> dropped (unused by the DirectMap model)
+    pooled_proj.*                         -> dropped (unused by the DirectMap model)
+    norm_lmm_out.weight                   -> dropped when all ones (its initial value: the release was trained
+                                             without `--do_lmm_post_norm`); a trained one is refused, since
+                                             editkit's pipeline does not apply that norm
+
+The shard index `diffusion_pytorch_model.bin.index.json` (what `train.py` saves next to the shards) is read
+when it is there: every shard it names must be given and every key it lists must be found in its shard.
+Command line: `python -m editkit.convert.dream CHECKPOINT_DIR_OR_SHARDS... OUTPUT_DIR [--lora-alpha A]`.
 
 PEFT LoRA weights (`X.base_layer.weight`, `X.lora_A.<name>.weight`,
 `X.lora_B.<name>.weight`) are merged: W = W0 + (alpha / r) B A. Dream Engine's
@@ -26,6 +33,8 @@ from SD3.5-Large's (with `joint_attention_dim` = `pooled_projection_dim` =
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +49,7 @@ ADAPTERS = {
 }
 MLP_LAYERS = {"0": "linear_1", "2": "linear_2"}
 DROPPED_PREFIXES = ("norm_lmm_out.", "pooled_proj.", "lmm.lm_head.")
+INDEX_NAME = "diffusion_pytorch_model.bin.index.json"
 UNUSED_DIT = ("dit.context_embedder.", "dit.time_text_embed.text_embedder.")
 _LORA = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.(?P<adapter>[^.]+)\.weight$")
 
@@ -87,6 +97,13 @@ def _rename_lmm(key: str) -> str | None:
 
 def convert_state_dict(state: dict[str, torch.Tensor], lora_alpha: float | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """Official composite state dict -> {"transformer": DreamTransformer2DModel keys, "lmm": Qwen2VLModel keys}."""
+    norm = state.get("norm_lmm_out.weight")
+    if norm is not None and not torch.all(norm == 1):
+        raise ValueError(
+            "this checkpoint was trained with `--do_lmm_post_norm` (norm_lmm_out.weight is not its initial all-ones): "
+            "editkit's DreamEnginePipeline feeds the LMM states to the adapters without that RMSNorm, so it cannot "
+            "reproduce this checkpoint; convert a release trained without the flag."
+        )
     state = merge_lora(state, lora_alpha)
     transformer: dict[str, torch.Tensor] = {}
     lmm: dict[str, torch.Tensor] = {}
@@ -116,14 +133,47 @@ def convert_state_dict(state: dict[str, torch.Tensor], lora_alpha: float | None 
     return {"transformer": transformer, "lmm": lmm}
 
 
+def resolve_shards(shards: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The shard files to read: the given files, or a folder's `*.bin` shards (all those its index names)."""
+    paths = [Path(shards)] if isinstance(shards, (str, Path)) else [Path(p) for p in shards]
+    if len(paths) == 1 and paths[0].is_dir():
+        folder = paths[0]
+        index = folder / INDEX_NAME
+        if index.is_file():
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            paths = [folder / n for n in names]
+        else:
+            paths = sorted(folder.glob("*.bin"))
+    if not paths:
+        raise ValueError("`shards` is empty; pass the released diffusion_pytorch_model-*.bin files or their folder.")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"shard file(s) not found: {missing}")
+    index = paths[0].parent / INDEX_NAME
+    if index.is_file():  # every shard the index names must be read, or part of the model would be left out
+        named = set(json.loads(index.read_text())["weight_map"].values())
+        left_out = sorted(named - {p.name for p in paths})
+        if left_out:
+            raise ValueError(f"{index} names shard(s) {left_out} that were not given; pass every shard or the folder.")
+    return paths
+
+
+def check_index(path: Path, part: dict[str, torch.Tensor]) -> None:
+    """Compare one shard with what the index beside it says it holds."""
+    index = path.parent / INDEX_NAME
+    if not index.is_file():
+        return
+    listed = {k for k, shard in json.loads(index.read_text())["weight_map"].items() if shard == path.name}
+    absent = sorted(listed - set(part))
+    if absent:
+        raise ValueError(f"shard {path.name} lacks {len(absent)} key(s) that {INDEX_NAME} puts there, e.g. {absent[:3]}")
+
+
 def convert_checkpoint(shards: Sequence[str | Path], output_dir: str | Path, lora_alpha: float | None = None,
                        dtype: torch.dtype | None = None) -> dict[str, Path]:
     """Read the shards safely (`weights_only=True`), convert, write
     `transformer/diffusion_pytorch_model.safetensors` and `lmm/model.safetensors`."""
-    if isinstance(shards, (str, Path)):
-        shards = [shards]
-    if not shards:
-        raise ValueError("`shards` is empty; pass the released diffusion_pytorch_model-*.bin files.")
+    shards = resolve_shards(shards)
     state: dict[str, torch.Tensor] = {}
     for path in shards:
         part = load_state_dict(path)
@@ -131,6 +181,7 @@ def convert_checkpoint(shards: Sequence[str | Path], output_dir: str | Path, lor
         if clash:
             raise ValueError(f"shard {path} repeats {len(clash)} key(s) of an earlier shard, e.g. {sorted(clash)[:3]}")
         state.update(part)
+        check_index(path, part)
     parts = convert_state_dict(state, lora_alpha)
     out = Path(output_dir)
     cast = (lambda sd: {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}) if dtype else (lambda sd: sd)
@@ -138,3 +189,22 @@ def convert_checkpoint(shards: Sequence[str | Path], output_dir: str | Path, lor
         "transformer": save_state_dict(cast(parts["transformer"]), out / "transformer" / "diffusion_pytorch_model.safetensors"),
         "lmm": save_state_dict(cast(parts["lmm"]), out / "lmm" / "model.safetensors"),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", nargs="+", help="the release folder (its index is read) or its .bin shards")
+    parser.add_argument("output_dir", help="where to write transformer/ and lmm/ (safetensors)")
+    parser.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: r, as the demo attaches it)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
+    args = parser.parse_args(argv)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    written = convert_checkpoint(args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0], args.output_dir,
+                                 args.lora_alpha, dtype)
+    for part, path in written.items():
+        print(f"{part}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
