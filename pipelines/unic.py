@@ -291,7 +291,7 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         max_sequence_length: int | None = None,
-        sample_condition: bool = False,
+        sample_condition: bool | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
@@ -321,9 +321,10 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
                 working size keeping its aspect ratio, long side <= `max_side`,
                 multiples of VAE factor x patch size.
             num_images_per_prompt, generator, latents: as in diffusers.
-            max_sequence_length: T5 tokens (default min(256, tokenizer_3 max length)).
+            max_sequence_length: T5 tokens (default min(256, tokenizer_3 max length); 77, the official
+                pipeline's, for a converted official checkpoint: transformer config `official_sampling`).
             sample_condition: encode the condition with a posterior sample (the
-                official code) instead of the mode.
+                official code) instead of the mode; default: the transformer config's `official_sampling`.
             output_type: "pil", "np", "pt" or "latent".
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may replace "latents".
         """
@@ -360,7 +361,9 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         s_p = preset[0] if guidance_scale is None else float(guidance_scale)
         s_c = preset[1] if image_guidance_scale is None else float(image_guidance_scale)
         scale = self.transformer.config.control_scale if control_scale is None else float(control_scale)
-        max_sequence_length = max_sequence_length or self.default_max_sequence_length()
+        official = bool(getattr(self.transformer.config, "official_sampling", False))
+        max_sequence_length = max_sequence_length or (77 if official else self.default_max_sequence_length())
+        sample_condition = official if sample_condition is None else bool(sample_condition)
         plans = {plan_size(im.size, self.size_multiple, height, width, max_side) for im in images}
         if len(plans) > 1:
             raise ValueError("the condition images of a batch need one working size; pass `height` and `width`, or call once per size.")

@@ -179,6 +179,26 @@ def test_task_presets_are_the_default_scales_never_zero(pipe):
     assert (run(task="depth") - run(task="depth", guidance_scale=0.0, image_guidance_scale=0.0)).abs().max() > 1e-4
 
 
+def test_converted_official_checkpoint_samples_the_official_way_by_default(pipe, monkeypatch):
+    cond = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    lengths = []
+    encode = pipe.encode_text
+    monkeypatch.setattr(pipe, "encode_text", lambda prompts, n: lengths.append(n) or encode(prompts, n))
+    run = lambda **k: pipe("a blue square", image=cond, task="depth", num_inference_steps=2, output_type="pt",  # noqa: E731
+                           generator=torch.Generator().manual_seed(0), **k).images
+    editkit_default = run()
+    assert set(lengths) == {pipe.default_max_sequence_length()}
+    pipe.transformer.register_to_config(official_sampling=True)
+    try:
+        lengths.clear()
+        official = run()
+        assert set(lengths) == {77}  # the official pipeline's T5 length
+        assert torch.equal(official, run(max_sequence_length=77, sample_condition=True))
+        assert (official - editkit_default).abs().max() > 1e-5
+    finally:
+        pipe.transformer.register_to_config(official_sampling=False)
+
+
 def test_batches_sizes_and_bad_input(pipe):
     cond = [torch.rand(3, 40, 60), torch.rand(3, 40, 60)]
     out = pipe(["a", "b"], image=cond, task="canny", num_inference_steps=1, num_images_per_prompt=2, max_sequence_length=8, output_type="np").images
@@ -240,6 +260,7 @@ def test_converter_round_trip(tmp_path):
     torch.save(state, pth)
     out = convert(pth, tmp_path / "unic-transformer", base=base)
     model = UNICSD3Transformer2DModel.from_pretrained(str(out))
+    assert model.config.official_sampling  # the pipeline samples a converted checkpoint the official way
     got = model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in state.items())  # every official tensor landed under its name
     assert all(torch.equal(got[k], v) for k, v in base.state_dict().items())  # base untouched

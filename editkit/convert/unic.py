@@ -75,7 +75,9 @@ def build_model(base: SD3Transformer2DModel, state: dict[str, torch.Tensor], con
     bad = {k: (found[k], want[k]) for k in want if found[k] != want[k]}
     if bad:
         raise ValueError(f"adapter and base transformer disagree (adapter, base): {bad}.")
-    model = UNICSD3Transformer2DModel.from_sd3(base, init_from_base=False, control_scale=control_scale)
+    # official_sampling: the converted model samples as the official pipeline does by default (docs/fidelity.md)
+    model = UNICSD3Transformer2DModel.from_sd3(base, init_from_base=False, control_scale=control_scale,
+                                               official_sampling=True)
     expected = model.adapter_state_dict()
     missing = sorted(set(expected) - set(state) - set(OPTIONAL_KEYS))
     unexpected = sorted(set(state) - set(expected))

@@ -243,7 +243,8 @@ class UNICSD3Transformer2DModel(SD3Transformer2DModel):
 
     Extra config: `control_scale` (default strength of the injection, 1.0 as
     released), `use_control_gate` (zero-initialised gate so a fresh adapter is
-    the identity; editkit's training option), `rope_theta` (10000).
+    the identity; editkit's training option), `rope_theta` (10000), `official_sampling` (a converted official
+    checkpoint: `UNICAdapterPipeline` then defaults to the official T5 length 77 and a posterior-sampled condition).
     """
 
     _no_split_modules = ["UNICJointTransformerBlock"]
@@ -267,6 +268,7 @@ class UNICSD3Transformer2DModel(SD3Transformer2DModel):
         control_scale: float = 1.0,
         use_control_gate: bool = False,
         rope_theta: float = 10000.0,
+        official_sampling: bool = False,  # set by editkit.convert.unic: UNICAdapterPipeline samples the official way
     ):
         if dual_attention_layers:
             raise ValueError(
@@ -334,7 +336,7 @@ class UNICSD3Transformer2DModel(SD3Transformer2DModel):
 
     def base_transformer(self) -> SD3Transformer2DModel:
         """A plain diffusers SD3 transformer with this model's base weights (for diffusers pipelines)."""
-        config = {k: v for k, v in self.config.items() if not k.startswith("_") and k not in ("control_scale", "use_control_gate", "rope_theta")}
+        config = {k: v for k, v in self.config.items() if not k.startswith("_") and k not in ("control_scale", "use_control_gate", "rope_theta", "official_sampling")}
         base = SD3Transformer2DModel(**config)
         base.load_state_dict({k: v for k, v in self.state_dict().items() if not is_adapter_key(k)})
         return base.to(dtype=self.dtype, device=self.device)
