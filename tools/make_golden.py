@@ -1,0 +1,169 @@
+"""Golden fixtures made by the official code, for the converter tests (tests/test_golden.py).
+
+This script is run by hand, never by the tests: it needs the official repository checked out and its
+dependencies, and writes small files under tests/fixtures/ that the tests then read. The official code
+is not part of editkit; only its outputs on fixed inputs are.
+
+PixWizard (github.com/AFeng-x/PixWizard, commit cb39454ca1fe72ca41505c9cd3d5c54b412ad48e):
+
+    git -C PixWizard archive cb39454 models | tar -x -C /tmp/pixwizard_official
+    pip install --no-deps --target /tmp/golden_deps fairscale==0.4.13
+    python tools/make_golden.py pixwizard --official /tmp/pixwizard_official/models --deps /tmp/golden_deps
+
+What had to change to run it on CPU, in words:
+  * `flash_attn` is not installable without CUDA. The official attention calls it only for fp16/bf16
+    inputs and takes `F.scaled_dot_product_attention` in fp32, so an empty stand-in module is put in
+    `sys.modules` to satisfy the import; it raises if it is ever called.
+  * fairscale's model-parallel layers need a process group: one gloo process (world size 1) is started
+    and model parallelism initialised with size 1, which makes ColumnParallelLinear / RowParallelLinear
+    plain linear layers.
+  * The official fp32 self-attention calls `F.scaled_dot_product_attention` without repeating the KV
+    heads, which fails for GQA models (the released 2B GQA model runs the flash path in bf16, where each
+    group of query heads shares one KV head). Inside the official module, SDPA is given
+    `enable_gqa=True` when the keys have fewer heads than the queries: the flash path's computation.
+  * `precompute_freqs_cis` moves its frequency table to CUDA with `.cuda()`; while the model is built,
+    `Tensor.cuda` returns the tensor unchanged (the table stays on the CPU, same values).
+  * The Gumbel draw of the token sampler (`MultiHot_Gumbel_Softmax`) is random. For a reproducible
+    fixture the module-level function is replaced by the same computation without the Gumbel noise
+    (hard top-k of softmax(logits / tau), straight-through), i.e. the deterministic top-k that
+    editkit's `token_selection="topk"` computes. Nothing else in the official model is touched.
+
+Every parameter is re-drawn after construction (zero-initialised ones too), fan-in scaled, with norm
+weights near 1 and gates away from 0, so that every path contributes to the output and a wrong or
+dropped mapping changes it. The state dict is saved as the official training saves its EMA weights:
+a plain fp32 dict in `consolidated_ema.00-of-01.pth`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import torch
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+PIXWIZARD_COMMIT = "cb39454ca1fe72ca41505c9cd3d5c54b412ad48e"
+# the tiny official model: 2 layers, width 64, 4 heads over 2 KV heads, Gemma width 24, CLIP text width 20
+PIXWIZARD_TINY = dict(patch_size=2, in_channels=4, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16,
+                      qk_norm=True, cap_feat_dim=24, cap_clip_feat_dim=20, sample_tokens=4, learn_sigma=True)
+
+
+def redraw_(model: torch.nn.Module, seed: int) -> None:
+    """Every parameter drawn again: weights ~ N(0, 1/fan_in), 1-D norm weights ~ 1 + N(0, 0.1^2),
+    biases and gates ~ N(0, 0.3^2), so nothing is zero and every branch reaches the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                fan_in = math.prod(p.shape[1:])
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def _stand_ins() -> None:
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("flash_attn stand-in: the fp32 path of the official attention should not call this")
+
+    flash = types.ModuleType("flash_attn")
+    flash.flash_attn_varlen_func = unavailable
+    padding = types.ModuleType("flash_attn.bert_padding")
+    padding.index_first_axis = padding.pad_input = padding.unpad_input = unavailable
+    flash.bert_padding = padding
+    sys.modules.setdefault("flash_attn", flash)
+    sys.modules.setdefault("flash_attn.bert_padding", padding)
+
+
+def _deterministic_multi_hot(logits, tau=1, hard=False, dim=-1, sample_tokens=1):
+    # the official MultiHot_Gumbel_Softmax with the Gumbel noise left out
+    y_soft = (logits / tau).softmax(dim)
+    if not hard:
+        return y_soft
+    indices = y_soft.topk(sample_tokens, dim=dim).indices
+    y_hard = torch.zeros_like(logits).scatter_(dim, indices, 1.0)
+    return y_hard - y_soft.detach() + y_soft
+
+
+def _functional_with_gqa() -> types.ModuleType:
+    functional = types.ModuleType("functional_with_gqa")
+    functional.__dict__.update(torch.nn.functional.__dict__)
+
+    def sdpa(query, key, value, *args, **kwargs):
+        if key.shape[1] < query.shape[1]:
+            kwargs["enable_gqa"] = True
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, *args, **kwargs)
+
+    functional.scaled_dot_product_attention = sdpa
+    return functional
+
+
+def pixwizard_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Three samples at an 8 x 12 latent: two with CLIP image tokens, the third the image-free CFG branch."""
+    g = torch.Generator().manual_seed(seed)
+    b, h, w = 3, 8, 12
+    clip = torch.randn(b, 9, 1024, generator=g)
+    clip[2] = 0
+    return {
+        "x": torch.randn(b, 4, h, w, generator=g),
+        "input_x": torch.randn(b, 4, h, w, generator=g),
+        "t": torch.rand(b, generator=g),
+        "cap_feats": torch.randn(b, 7, 24, generator=g),
+        "cap_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5]),
+        "cap_pooled_feats": torch.randn(b, 20, generator=g),
+        "input_clip_x": clip,
+    }
+
+
+def make_pixwizard(official: Path, deps: Path, out: Path) -> None:
+    sys.path[:0] = [str(deps), str(official.parent)]
+    _stand_ins()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        store = tempfile.NamedTemporaryFile(delete=False)
+        dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
+    import fairscale.nn.model_parallel.initialize as fs_init
+
+    fs_init.initialize_model_parallel(1)
+    package = official.name
+    model_module = __import__(f"{package}.model", fromlist=["PixWizard"])
+    model_module.MultiHot_Gumbel_Softmax = _deterministic_multi_hot
+    model_module.F = _functional_with_gqa()
+    cuda = torch.Tensor.cuda
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    try:
+        model = model_module.PixWizard(**PIXWIZARD_TINY).eval()
+    finally:
+        torch.Tensor.cuda = cuda
+    redraw_(model, seed=1)
+    x = pixwizard_inputs()
+    with torch.no_grad():
+        # the official sampler passes lists (one tensor per sample: any resolution)
+        outputs = model(list(x["input_x"]), list(x["input_clip_x"][:, None]), list(x["x"]), x["t"], x["cap_feats"],
+                        x["cap_mask"], x["cap_pooled_feats"])
+    output = torch.stack(outputs)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / "consolidated_ema.00-of-01.pth")
+    torch.save({**x, "output": output.clone(), "commit": PIXWIZARD_COMMIT, "config": PIXWIZARD_TINY}, out / "io.pt")
+    print(f"wrote {out}: {sum(v.numel() for v in model.state_dict().values())} parameters, output {tuple(output.shape)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method", choices=("pixwizard",))
+    parser.add_argument("--official", type=Path, required=True, help="folder of the official `models` package")
+    parser.add_argument("--deps", type=Path, required=True, help="folder with the official code's extra packages")
+    parser.add_argument("--out", type=Path, default=None, help="default: tests/fixtures/<method>_official")
+    args = parser.parse_args(argv)
+    make_pixwizard(args.official.resolve(), args.deps.resolve(), args.out or FIXTURES / f"{args.method}_official")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
