@@ -68,3 +68,119 @@ def test_pixwizard_golden_fixture_catches_a_wrong_mapping(pixwizard_golden, brok
     model = PixWizardTransformer2DModel(**config_from_state_dict(official, sample_tokens=4, sample_size=16))
     model.load_state_dict(state, strict=True)
     assert relative_error(_pixwizard_forward(model.eval(), io), io["output"]) > 1e-3
+
+
+# -- UNIC-Adapter --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unic_converted(tmp_path_factory):
+    from editkit.convert.unic import main
+    from editkit.modeling.unic_adapter import UNICSD3Transformer2DModel
+
+    folder = FIXTURES / "unic_official"
+    out = tmp_path_factory.mktemp("unic") / "transformer"
+    assert main([str(folder / "sd3_adapter.pth"), "-o", str(out), "--base", str(folder / "sd3_transformer")]) == 0
+    return UNICSD3Transformer2DModel.from_pretrained(out).eval(), torch.load(folder / "io.pt", weights_only=True)
+
+
+def _unic_forward(model, io: dict, scale: float) -> torch.Tensor:
+    with torch.no_grad():
+        return model(hidden_states=io["hidden_states"], encoder_hidden_states=io["encoder_hidden_states"],
+                     pooled_projections=io["pooled_projections"], timestep=io["timestep"],
+                     control_latents=io["hidden_states_control"], instruction_embeds=io["encoder_hidden_states_control"],
+                     pooled_instruction_embeds=io["pooled_projections_control"], control_scale=scale,
+                     return_dict=False)[0]
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])
+def test_unic_official_adapter_converts_and_matches_the_official_forward(unic_converted, scale):
+    model, io = unic_converted
+    official = io[f"output_{scale}"]
+    assert (io["output_1.0"] - io["output_0.0"]).abs().max() > 0.1  # the adapter changes the official output
+    assert relative_error(_unic_forward(model, io, scale), official) <= 1e-4
+
+
+def test_unic_golden_fixture_catches_a_wrong_mapping(unic_converted):
+    import copy
+
+    model, io = unic_converted
+    broken = copy.deepcopy(model)
+    block = broken.transformer_blocks[0]
+    with torch.no_grad():  # the control attention's key and value projections swapped
+        k, v = block.attn_control.to_k.weight.clone(), block.attn_control.to_v.weight.clone()
+        block.attn_control.to_k.weight.copy_(v)
+        block.attn_control.to_v.weight.copy_(k)
+    assert relative_error(_unic_forward(broken, io, 1.0), io["output_1.0"]) > 1e-3
+
+
+# -- PromptFix -----------------------------------------------------------------------------------
+
+# the diffusers configs a user passes for the tiny official geometry (tools/make_golden.py PROMPTFIX_*)
+PROMPTFIX_UNET = {"sample_size": 8, "in_channels": 8, "out_channels": 4, "block_out_channels": [32, 64],
+                  "layers_per_block": 1, "down_block_types": ["CrossAttnDownBlock2D"] * 2,
+                  "up_block_types": ["CrossAttnUpBlock2D"] * 2, "cross_attention_dim": 32, "attention_head_dim": 2}
+PROMPTFIX_VAE = {"in_channels": 3, "out_channels": 3, "down_block_types": ["DownEncoderBlock2D"] * 2,
+                 "up_block_types": ["UpDecoderBlock2D"] * 2, "block_out_channels": [32, 64], "layers_per_block": 1,
+                 "latent_channels": 4, "sample_size": 32}
+
+
+@pytest.fixture(scope="module")
+def promptfix_converted(tmp_path_factory):
+    import json
+
+    from editkit.convert.promptfix import main
+    from editkit.pipelines.promptfix import PromptFixPipeline
+    from editkit.testing import tiny_clip_tokenizer
+
+    folder = FIXTURES / "promptfix_official"
+    io = torch.load(folder / "io.pt", weights_only=True)
+    work = tmp_path_factory.mktemp("promptfix")
+    tiny_clip_tokenizer(model_max_length=16).save_pretrained(work / "tokenizer")
+    for name, config in (("unet", PROMPTFIX_UNET), ("vae", PROMPTFIX_VAE), ("text", io["configs"]["clip"])):
+        (work / f"{name}.json").write_text(json.dumps(config))
+    assert main([str(folder / "promptfix.ckpt"), str(work / "out"), "--tokenizer", str(work / "tokenizer"),
+                 "--unet-config", str(work / "unet.json"), "--vae-config", str(work / "vae.json"),
+                 "--text-config", str(work / "text.json")]) == 0
+    return PromptFixPipeline.from_pretrained(work / "out"), io
+
+
+def test_promptfix_official_unet_matches_with_its_auxiliary_context(promptfix_converted):
+    pipe, io = promptfix_converted
+    ctx = io["context"]
+    with torch.no_grad():
+        out = pipe.unet(io["x"], io["t"], encoder_hidden_states=ctx[0::2], auxiliary_hidden_states=ctx[1::2]).sample
+        no_aux = pipe.unet(io["x"], io["t"], encoder_hidden_states=ctx[0::2]).sample
+    assert relative_error(out, io["unet_out"]) <= 1e-4
+    assert relative_error(no_aux, io["unet_out"]) > 1e-2  # the auxiliary attention contributes
+
+
+def test_promptfix_official_vae_and_text_encoder_match(promptfix_converted):
+    pipe, io = promptfix_converted
+    vae = pipe.vae
+    assert vae.config.skip_lora_rank == 4 and vae.has_skip_lora
+    with torch.no_grad():
+        z = vae.encode(io["pixels"]).latent_dist.mode()
+        with_skips = vae.decode_with_skips(z, vae.encoder_skips(io["pixels"]))
+        without = vae.decode(z).sample
+        clip = pipe.text_encoder(input_ids=io["input_ids"]).last_hidden_state
+    assert relative_error(z, io["latent_mode"]) <= 1e-4
+    assert relative_error(with_skips, io["decoded_with_skips"]) <= 1e-4
+    assert relative_error(without, io["decoded_without_skips"]) <= 1e-4  # the official decoder: no LoRA without skips
+    assert relative_error(with_skips, io["decoded_without_skips"]) > 1e-2
+    assert relative_error(clip, io["clip_hidden"]) <= 1e-4
+
+
+def test_promptfix_golden_fixture_catches_a_wrong_mapping(promptfix_converted):
+    import copy
+
+    pipe, io = promptfix_converted
+    unet = copy.deepcopy(pipe.unet)
+    block = unet.down_blocks[1].attentions[0].transformer_blocks[0]
+    with torch.no_grad():  # the instruction and auxiliary cross-attentions' output projections swapped
+        a, b = block.attn2.to_out[0].weight.clone(), block.attn_extra.to_out[0].weight.clone()
+        block.attn2.to_out[0].weight.copy_(b)
+        block.attn_extra.to_out[0].weight.copy_(a)
+        ctx = io["context"]
+        out = unet(io["x"], io["t"], encoder_hidden_states=ctx[0::2], auxiliary_hidden_states=ctx[1::2]).sample
+    assert relative_error(out, io["unet_out"]) > 1e-3

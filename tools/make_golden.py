@@ -28,6 +28,32 @@ What had to change to run it on CPU, in words:
     (hard top-k of softmax(logits / tau), straight-through), i.e. the deterministic top-k that
     editkit's `token_selection="topk"` computes. Nothing else in the official model is touched.
 
+UNIC-Adapter (github.com/AIDC-AI/UNIC-Adapter, commit 1c8462d0c2e01f9117417b9cccf4c559fc956869):
+
+    git -C UNIC-Adapter archive 1c8462d models | tar -x -C /tmp/unic_official
+    python tools/make_golden.py unic --official /tmp/unic_official/models
+
+What had to change: `diffusers.models.controlnet` (where the official code imports `zero_module`
+from) is `diffusers.models.controlnets.controlnet` in the pinned diffusers; an alias module is put in
+`sys.modules`. Nothing else. The fixture is a diffusers SD3 transformer folder (the base, as a user
+downloads it), the adapter saved as the official `.pth` (the model's keys that SD3 does not have,
+which the official app loads on top of SD3's), and the official forward at control scales 0, 0.5, 1.
+
+PromptFix (github.com/yeates/PromptFix, commit 5c8a34db6a38b865a28ec194b1c1765b910cf102):
+
+    git -C PromptFix archive 5c8a34d stable_diffusion/ldm | tar -x -C /tmp/promptfix_official
+    python tools/make_golden.py promptfix --official /tmp/promptfix_official/stable_diffusion/ldm
+
+The official `UNetModel` (openaimodel.py, dual context) and `AutoencoderKL` (autoencoder.py, with
+`enable_decoder_cond_lora=True`) are built tiny from configs/promptfix.yaml's settings, and the text
+encoder is transformers' `CLIPTextModel`, which the official FrozenCLIPEmbedder wraps. What had to
+change: autoencoder.py imports `taming`'s VectorQuantizer (used only by VQModel) and a print helper
+from the training repo's `utils.utils`; both get empty stand-in modules. `force_type_convert` and
+`use_checkpoint` are False: the first only casts to fp16 for the half-precision run, the second only
+recomputes activations in training. The checkpoint is the LDM `.ckpt` layout, `{"state_dict": ...}`
+with `model.diffusion_model.*`, `first_stage_model.*` and `cond_stage_model.transformer.*` (only the
+model parts: the diffusion schedule buffers and EMA copies of a real release are not included).
+
 Every parameter is re-drawn after construction (zero-initialised ones too), fan-in scaled, with norm
 weights near 1 and gates away from 0, so that every path contributes to the output and a wrong or
 dropped mapping changes it. The state dict is saved as the official training saves its EMA weights:
@@ -154,14 +180,124 @@ def make_pixwizard(official: Path, deps: Path, out: Path) -> None:
     print(f"wrote {out}: {sum(v.numel() for v in model.state_dict().values())} parameters, output {tuple(output.shape)}")
 
 
+UNIC_TINY = dict(sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=64,  # RoPE axes 32 + 32
+                 num_attention_heads=1, joint_attention_dim=32, caption_projection_dim=64, pooled_projection_dim=32,
+                 out_channels=4, pos_embed_max_size=16, qk_norm=None, dual_attention_layers=())
+UNIC_COMMIT = "1c8462d0c2e01f9117417b9cccf4c559fc956869"
+
+
+def unic_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    b, h, w = 2, 8, 12
+    return {
+        "hidden_states": torch.randn(b, 4, h, w, generator=g),
+        "encoder_hidden_states": torch.randn(b, 6, 32, generator=g),
+        "pooled_projections": torch.randn(b, 32, generator=g),
+        "hidden_states_control": torch.randn(b, 4, h, w, generator=g),
+        "encoder_hidden_states_control": torch.randn(b, 6, 32, generator=g),  # official: same length as the prompt
+        "pooled_projections_control": torch.randn(b, 32, generator=g),
+        "timestep": torch.tensor([250.0, 800.0]),
+    }
+
+
+def make_unic(official: Path, out: Path) -> None:
+    from diffusers import SD3Transformer2DModel
+    from diffusers.models.controlnets import controlnet
+
+    sys.path.insert(0, str(official.parent))
+    alias = types.ModuleType("diffusers.models.controlnet")
+    alias.zero_module = controlnet.zero_module
+    sys.modules.setdefault("diffusers.models.controlnet", alias)
+    module = __import__(f"{official.name}.transformer_sd3", fromlist=["SD3Transformer2DModelControl"])
+    outputs = {}
+    base_keys = set(SD3Transformer2DModel(**UNIC_TINY).state_dict())
+    for scale in (0.0, 0.5, 1.0):
+        model = module.SD3Transformer2DModelControl(**UNIC_TINY, control_scale=scale).eval()
+        redraw_(model, seed=2)  # the same draw at every scale: same names, same order
+        x = unic_inputs()
+        with torch.no_grad():
+            outputs[scale] = model(**x, return_dict=False).clone()  # the official forward returns the tensor itself
+    state = model.state_dict()
+    base = SD3Transformer2DModel(**UNIC_TINY)
+    base.load_state_dict({k: v for k, v in state.items() if k in base_keys}, strict=True)
+    out.mkdir(parents=True, exist_ok=True)
+    base.save_pretrained(out / "sd3_transformer", safe_serialization=True)
+    adapter = {k: v.detach().clone() for k, v in state.items() if k not in base_keys}
+    torch.save(adapter, out / "sd3_adapter.pth")
+    torch.save({**x, **{f"output_{s}": o for s, o in outputs.items()}, "commit": UNIC_COMMIT}, out / "io.pt")
+    print(f"wrote {out}: {len(adapter)} adapter tensors, output {tuple(outputs[1.0].shape)}")
+
+
+PROMPTFIX_COMMIT = "5c8a34db6a38b865a28ec194b1c1765b910cf102"
+PROMPTFIX_UNET = dict(image_size=8, in_channels=8, out_channels=4, model_channels=32, attention_resolutions=[1, 2],
+                      num_res_blocks=1, channel_mult=[1, 2], num_heads=2, use_spatial_transformer=True,
+                      transformer_depth=1, context_dim=32, use_checkpoint=False, legacy=False,
+                      force_type_convert=False, disable_dual_context=False)
+PROMPTFIX_VAE = dict(double_z=True, z_channels=4, resolution=32, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
+                     num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+PROMPTFIX_CLIP = dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=16, hidden_act="quick_gelu", bos_token_id=0,
+                      eos_token_id=1, pad_token_id=1)
+
+
+def make_promptfix(official: Path, out: Path) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sys.path.insert(0, str(official.parent))
+    for name in ("taming", "taming.modules", "taming.modules.vqvae", "taming.modules.vqvae.quantize", "utils", "utils.utils"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["taming.modules.vqvae.quantize"].VectorQuantizer2 = None
+    sys.modules["utils.utils"].print_model_submodules_info = lambda *a, **k: None
+    from ldm.models.autoencoder import AutoencoderKL
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    unet = UNetModel(**PROMPTFIX_UNET).eval()
+    vae = AutoencoderKL(ddconfig=PROMPTFIX_VAE, lossconfig={"target": "torch.nn.Identity"}, embed_dim=4,
+                        enable_decoder_cond_lora=True).eval()
+    clip = CLIPTextModel(CLIPTextConfig(**PROMPTFIX_CLIP)).eval()
+    for i, part in enumerate((unet, vae, clip)):
+        redraw_(part, seed=3 + i)
+    g = torch.Generator().manual_seed(0)
+    x = {
+        "x": torch.randn(2, 8, 8, 8, generator=g),
+        "t": torch.tensor([120, 870]),
+        "context": torch.randn(4, 5, 32, generator=g),  # interleaved: instruction, auxiliary, instruction, ...
+        "pixels": torch.rand(1, 3, 32, 32, generator=g) * 2 - 1,
+        "input_ids": torch.randint(0, 1000, (2, 16), generator=g),
+    }
+    with torch.no_grad():
+        io = dict(x, unet_out=unet(x["x"], x["t"], context=x["context"]))
+        h, hs = vae.encoder(x["pixels"])
+        posterior = vae.encode(x["pixels"])
+        z = posterior.mode()
+        io.update(latent_mode=z, decoded_with_skips=vae.decode(z, list(hs)), decoded_without_skips=vae.decode(z))
+        io["clip_hidden"] = clip(input_ids=x["input_ids"]).last_hidden_state
+    state = {}
+    for prefix, part in (("model.diffusion_model.", unet), ("first_stage_model.", vae), ("cond_stage_model.transformer.", clip)):
+        state.update({prefix + k: v.detach().clone() for k, v in part.state_dict().items()})
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": state}, out / "promptfix.ckpt")
+    configs = {"unet": PROMPTFIX_UNET, "vae": PROMPTFIX_VAE, "clip": PROMPTFIX_CLIP}
+    torch.save({**io, "commit": PROMPTFIX_COMMIT, "configs": configs}, out / "io.pt")
+    print(f"wrote {out}: {len(state)} tensors")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", choices=("pixwizard",))
+    parser.add_argument("method", choices=("pixwizard", "unic", "promptfix"))
     parser.add_argument("--official", type=Path, required=True, help="folder of the official `models` package")
-    parser.add_argument("--deps", type=Path, required=True, help="folder with the official code's extra packages")
+    parser.add_argument("--deps", type=Path, default=None, help="folder with the official code's extra packages")
     parser.add_argument("--out", type=Path, default=None, help="default: tests/fixtures/<method>_official")
     args = parser.parse_args(argv)
-    make_pixwizard(args.official.resolve(), args.deps.resolve(), args.out or FIXTURES / f"{args.method}_official")
+    out = args.out or FIXTURES / f"{args.method}_official"
+    if args.method == "pixwizard":
+        if args.deps is None:
+            parser.error("pixwizard needs --deps (the folder fairscale was installed to)")
+        make_pixwizard(args.official.resolve(), args.deps.resolve(), out)
+    elif args.method == "unic":
+        make_unic(args.official.resolve(), out)
+    else:
+        make_promptfix(args.official.resolve(), out)
     return 0
 
 
