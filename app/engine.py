@@ -34,7 +34,7 @@ import PIL.ImageDraw
 
 from editkit.conditioning import EditRequest
 from editkit.images import load_image
-from editkit.loading import default_device, torch_dtype
+from editkit.loading import default_device, torch_dtype, trained_side
 from editkit.numerics import NonFiniteError
 from editkit.validation import parse_interleaved as _parse_interleaved
 
@@ -395,6 +395,7 @@ def read_settings(
     config: AppConfig,
     default_scales: tuple[float, float | None],
     *,
+    default_side: int | None = None,
     steps: Any = None,
     guidance: Any = None,
     image_guidance: Any = None,
@@ -406,7 +407,8 @@ def read_settings(
 ) -> tuple[Settings, list[str]]:
     """Step 1: the user's numbers, each range-checked (blank: the default); notes for ignored switches.
 
-    A preset's scales replace the defaults, not a value the user changed."""
+    A preset's scales replace the defaults, not a value the user changed. `default_side`: the working size
+    of the method's model (`Engine.working_side`), used when the user gives no max side."""
     notes: list[str] = []
     steps = config.default_steps(spec) if steps in (None, "") else _number(steps, "Steps", 1, MAX_STEPS, integer=True)
     default_g, default_ig = default_scales
@@ -419,7 +421,10 @@ def read_settings(
         image_guidance = default_ig if image_guidance in (None, "") else _number(image_guidance, "Image guidance", *GUIDANCE_RANGE)
         if pre.scales and image_guidance == default_ig:
             image_guidance = pre.scales[1]
-    max_side = spec.max_side if max_side in (None, "") else _number(max_side, "Max side", *MAX_SIDE_RANGE, integer=True)
+    if max_side in (None, ""):
+        max_side = default_side or spec.max_side
+    else:
+        max_side = _number(max_side, "Max side", *MAX_SIDE_RANGE, integer=True)
     if randomize_seed:
         seed = random.SystemRandom().randint(0, MAX_SEED)
     else:
@@ -642,6 +647,15 @@ class Engine:
                 image = float(index.get("image_guidance_scale", image))
         return text, image
 
+    def working_side(self, spec: MethodSpec) -> int:
+        """The working size a run starts from: the size the model was trained at when its local folder
+        records it (PromptFix's `resize_side`, else the backbone's `sample_size` x the VAE factor), else
+        the method's `max_side`."""
+        src = self.source(spec)
+        if not (src and is_local_path(src)):
+            return spec.max_side
+        return trained_side(Path(src).expanduser()) or spec.max_side
+
     def available_methods(self) -> list[str]:
         return [k for k, spec in METHODS.items() if self.availability(spec).ok]
 
@@ -666,7 +680,7 @@ class Engine:
             "steps": self.config.default_steps(spec),
             "guidance": guidance,
             "image_guidance": image_guidance,
-            "max_side": spec.max_side,
+            "max_side": self.working_side(spec),
             "hgs": spec.hgs is not None,
             "presets": [{"name": p.name, "template": p.template, "needs_label": p.needs_label, "decodes": p.decode} for p in spec.presets],
         }
@@ -708,7 +722,8 @@ class Engine:
         except ValueError as err:
             raise UserError(str(err)) from None
         label = label_from_text(spec, pre, instruction, label)
-        settings, notes = read_settings(spec, pre, self.config, self.scales(spec), **numbers)
+        settings, notes = read_settings(spec, pre, self.config, self.scales(spec), default_side=self.working_side(spec),
+                                        **numbers)
         text, inter_text = read_text(spec, instruction, interleaved, pre, label)
         src, mask_img, refs, image_notes = read_images(spec, self.config, image, mask, references)
         request, request_notes = build_request(spec, pre, self.config, text, inter_text, (src, mask_img, refs), auxiliary_prompt)

@@ -275,7 +275,7 @@ def build_app(
                 with gr.Accordion("Advanced settings", open=False, elem_id="advanced"):
                     with gr.Row():
                         steps = gr.Slider(1, 200, value=cfg.default_steps(spec0), step=1, label="Steps", info="denoising steps", elem_id="steps")
-                        max_side = gr.Slider(32, 1024, value=spec0.max_side, step=32, label="Max side", info="bound on the working resolution", elem_id="max_side")
+                        max_side = gr.Slider(32, 1024, value=engine.working_side(spec0), step=32, label="Max side", info="bound on the working resolution", elem_id="max_side")
                     with gr.Row():
                         guidance = gr.Slider(*GUIDANCE_RANGE, value=scales0[0], step=0.1, label=spec0.guidance_labels[0], elem_id="guidance")
                         image_guidance = gr.Slider(
@@ -336,7 +336,7 @@ def build_app(
                 gr.update(visible=spec.takes("references")),
                 gr.update(visible=spec.takes("mask")),
                 gr.update(value=cfg.default_steps(spec)),
-                gr.update(value=spec.max_side),
+                gr.update(value=engine.working_side(spec)),
                 gr.update(value=scales[0], label=spec.guidance_labels[0]),
                 gr.update(value=scales[1] or 1.0, label=spec.guidance_labels[1], visible=spec.image_guidance is not None),
                 gr.update(interactive=spec.hgs is not None, value=False, info=_hgs_info(spec)),

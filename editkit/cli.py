@@ -73,9 +73,11 @@ def run_plan(pipe, kwargs: dict) -> str:
     params = inspect.signature(pipe.__call__).parameters
     steps = kwargs.get("num_inference_steps", params["num_inference_steps"].default)
     side = kwargs.get("max_side", params["max_side"].default if "max_side" in params else None)
-    if side == "auto":
-        side = pipe.trained_side
-    return f"{steps} steps · working size: long side at most {side} px" if isinstance(side, int) else f"{steps} steps"
+    if isinstance(side, int):
+        return f"{steps} steps · working size: long side at most {side} px"
+    # "auto" / None: the size the model records (PromptFix's resize_side, PixWizard's bucket centre, ...)
+    side = getattr(pipe.config, "resize_side", None) or pipe.trained_side
+    return f"{steps} steps · working size: about {side} px (the model's)" if isinstance(side, int) else f"{steps} steps"
 
 
 def cmd_edit(args: argparse.Namespace) -> int:

@@ -27,6 +27,33 @@ def default_model(method: str = "instructcv") -> Path | None:
     return path if (path / "model_index.json").is_file() else None
 
 
+def trained_side(folder: str | Path) -> int | None:
+    """The image side a local model folder says it was trained at, without loading it: the pipeline's
+    `resize_side` when model_index.json records one, else the backbone's `sample_size` x the VAE factor
+    (the same figure as a loaded pipeline's `trained_side`). None when the folder records neither."""
+    import json
+
+    folder = Path(folder)
+
+    def read(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    side = read(folder / "model_index.json").get("resize_side")
+    if isinstance(side, int) and side > 0:
+        return side
+    vae = read(folder / "vae" / "config.json").get("block_out_channels")
+    for backbone in ("unet", "transformer"):
+        size = read(folder / backbone / "config.json").get("sample_size")
+        if isinstance(size, (list, tuple)):
+            size = max(size)
+        if isinstance(size, int) and vae:
+            return size * 2 ** (len(vae) - 1)
+    return None
+
+
 def resolve_source(method: str, source: str | Path | None) -> str:
     """`source` as given, or the method's shipped model when it is None."""
     if source is not None:

@@ -219,7 +219,7 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         vit_ratio: float | None = None,
         height: int | None = None,
         width: int | None = None,
-        max_side: int | None = None,
+        max_side: int | None | str = "auto",
         max_sequence_length: int | None = None,
         official_null: bool = False,
         num_images_per_prompt: int = 1,
@@ -250,7 +250,8 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
             height, width: output size. Default: the image's (or the first
                 reference's) size, else the transformer's sample size x VAE factor.
             max_side: without height/width, the long side of the working size is scaled
-                down to at most this (the output stays at the input's size).
+                down to at most this (the output stays at the input's size); "auto": the size the
+                model was trained at (`trained_side`); None: the input's own size.
             max_sequence_length: pad every prompt to this length (Dream Engine
                 parity; an error if a prompt is longer). None: the longest prompt.
             official_null: Dream Engine's own null strings (edit: no trailing
@@ -285,6 +286,8 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
 
         first = next((im for im in images if im is not None), None) or next((rs[0] for rs in refs if rs), None)
         size = first.size if first is not None else (self.default_size, self.default_size)
+        if max_side == "auto":
+            max_side = self.trained_side
         plan = plan_size(size, self.size_multiple, height, width, max_side)
         device = self._execution_device
 

@@ -286,7 +286,7 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         detector_path: str | os.PathLike | None = None,
         height: int | None = None,
         width: int | None = None,
-        max_side: int | None = DEFAULT_MAX_SIDE,
+        max_side: int | None | str = "auto",
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -318,7 +318,8 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
             preprocess: None (image is already the map), "canny" (offline), a
                 weighted controlnet-aux detector name (needs `detector_path`) or a callable.
             height, width: output size; by default the condition's size, the
-                working size keeping its aspect ratio, long side <= `max_side`,
+                working size keeping its aspect ratio, long side <= `max_side` ("auto": the size the
+                model was trained at, `trained_side`, else 512),
                 multiples of VAE factor x patch size.
             num_images_per_prompt, generator, latents: as in diffusers.
             max_sequence_length: T5 tokens (default min(256, tokenizer_3 max length); 77, the official
@@ -364,6 +365,8 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         official = bool(getattr(self.transformer.config, "official_sampling", False))
         max_sequence_length = max_sequence_length or (77 if official else self.default_max_sequence_length())
         sample_condition = official if sample_condition is None else bool(sample_condition)
+        if max_side == "auto":
+            max_side = self.trained_side or DEFAULT_MAX_SIDE
         plans = {plan_size(im.size, self.size_multiple, height, width, max_side) for im in images}
         if len(plans) > 1:
             raise ValueError("the condition images of a batch need one working size; pass `height` and `width`, or call once per size.")

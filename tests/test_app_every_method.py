@@ -5,6 +5,7 @@ import inspect
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from editkit.app.engine import EXAMPLES_DIR, AppConfig, Engine, Settings, pipeline_kwargs, step_callback
 from editkit.app.methods import METHODS, MethodSpec
@@ -84,3 +85,28 @@ def test_max_side_bounds_the_working_size_of_promptfix_and_dream(key, folder):
     f = pipe.vae_scale_factor
     assert max(latents.shape[-2:]) * f <= 128 and latents.shape[-1] > latents.shape[-2]  # long side <= 128, aspect kept
     assert pipe(**kwargs, max_side=128).images[0].size == (200, 120)  # the output is back at the input's size
+
+
+PIPELINE_METHODS = {"instructcv": "instructcv", "promptfix": "promptfix", "pixwizard": "pixwizard", "unic": "unic",
+                    "dreamengine": "dream"}
+
+
+@pytest.mark.parametrize("key", sorted(PIPELINE_METHODS))
+def test_the_working_size_follows_the_shipped_model_on_a_600x400_photo(key):
+    from editkit.loading import default_model, load_pipeline, trained_side
+
+    method = PIPELINE_METHODS[key]
+    folder = default_model(method)
+    pipe = load_pipeline(method, str(folder), "cpu", "fp32")
+    assert pipe.trained_side == trained_side(folder) == 64  # 32 latent px x VAE factor 2, read two ways
+    photo = PIL.Image.fromarray(np.random.default_rng(1).integers(0, 255, (400, 600, 3), dtype=np.uint8))
+    kwargs = {"prompt": "make it red", "image": photo, "num_inference_steps": 1, "generator": torch.Generator().manual_seed(0)}
+    h, w = (s * pipe.vae_scale_factor for s in pipe(**kwargs, output_type="latent").images.shape[-2:])
+    if key == "promptfix":  # the model's resize_side (64) is the short side, each side floored to 64 (official)
+        assert (w, h) == (64, 64)
+    elif key == "pixwizard":  # the bucket around the model's resolution: area <= 64^2
+        assert w * h <= 64 * 64 and w > h
+    else:
+        assert w <= 64 and w > h
+    engine = Engine(AppConfig(steps=1))
+    assert engine.working_side(METHODS[key]) == 64 and engine.describe_one(METHODS[key])["max_side"] == 64
