@@ -45,6 +45,29 @@ def broadcast_batch(prompt: str | list[str], image: ImageInput | list[ImageInput
     raise ValueError(f"got {len(prompts)} prompts and {len(images)} images; pass equally many, or one of either.")
 
 
+def embeds_placeholders(prompt: Any, prompt_embeds: torch.Tensor | None, prompt_name: str = "prompt") -> Any:
+    """`prompt`, or (when the caller passes precomputed `prompt_embeds` instead, as in diffusers) one
+    placeholder string per embedding row, so that batching follows the embeddings."""
+    if prompt_embeds is None:
+        if prompt is None:
+            raise TypeError(f"`{prompt_name}` is required, or pass `prompt_embeds`.")
+        return prompt
+    if prompt is not None:
+        raise ValueError(f"pass `{prompt_name}` or `prompt_embeds`, not both.")
+    if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.dim() != 3:
+        raise ValueError(f"`prompt_embeds` must be a (batch, tokens, dim) tensor, got {getattr(prompt_embeds, 'shape', type(prompt_embeds).__name__)}.")
+    return [f"prompt_embeds[{i}]" for i in range(prompt_embeds.shape[0])]
+
+
+def match_rows(embeds: torch.Tensor, rows: int, name: str) -> torch.Tensor:
+    """Precomputed embeddings for a batch of `rows`: as given, or one row repeated."""
+    if embeds.shape[0] == rows:
+        return embeds
+    if embeds.shape[0] == 1:
+        return embeds.expand(rows, *embeds.shape[1:])
+    raise ValueError(f"`{name}` has {embeds.shape[0]} rows for a batch of {rows}; pass {rows} or 1.")
+
+
 def check_output_type(output_type: str) -> None:
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")

@@ -37,10 +37,12 @@ from editkit.pipeline_utils import (
     EditPipelineOutput,
     broadcast_batch,
     check_output_type,
+    embeds_placeholders,
     finish_images,
+    match_rows,
     step_kwargs,
 )
-from editkit.validation import check_sampling_args, check_tensor
+from editkit.validation import check_prompts, check_sampling_args, check_tensor
 
 DEFAULT_MAX_SIDE = 512
 
@@ -121,11 +123,27 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
 
     # -- conditioning ---------------------------------------------------------------
 
-    def encode_conditioning(self, prompts: list[str], pixels: torch.Tensor, negative_prompt: str | list[str] | None = None) -> Conditioning:
-        """Text states (null: the empty/negative prompt) and unscaled image latents (null: zeros)."""
+    def encode_prompt(self, prompts: str | list[str]) -> torch.Tensor:
+        """Text-encoder states (B, L, D) for `prompts`: what `prompt_embeds` / `negative_prompt_embeds` take."""
+        return encode_clip_text(self.tokenizer, self.text_encoder, check_prompts(prompts), self._execution_device)
+
+    def encode_conditioning(self, prompts: list[str], pixels: torch.Tensor, negative_prompt: str | list[str] | None = None,
+                            prompt_embeds: torch.Tensor | None = None,
+                            negative_prompt_embeds: torch.Tensor | None = None) -> Conditioning:
+        """Text states (null: the empty/negative prompt) and unscaled image latents (null: zeros);
+        precomputed `prompt_embeds` / `negative_prompt_embeds` replace the text encoder's."""
         device = self._execution_device
-        text = encode_clip_text(self.tokenizer, self.text_encoder, prompts, device)
-        if negative_prompt is None or isinstance(negative_prompt, str):
+        if prompt_embeds is None:
+            text = encode_clip_text(self.tokenizer, self.text_encoder, prompts, device)
+        else:
+            text = match_rows(prompt_embeds, len(prompts), "prompt_embeds").to(device)
+        if negative_prompt_embeds is not None:
+            if negative_prompt is not None:
+                raise ValueError("pass `negative_prompt` or `negative_prompt_embeds`, not both.")
+            null_text = negative_prompt_embeds.to(device)
+            if null_text.shape[0] != 1:
+                null_text = match_rows(null_text, len(prompts), "negative_prompt_embeds")
+        elif negative_prompt is None or isinstance(negative_prompt, str):
             null_text = encode_clip_text(self.tokenizer, self.text_encoder, [negative_prompt or ""], device)
         else:
             if len(negative_prompt) != len(prompts):
@@ -140,8 +158,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
-        image: ImageInput | list[ImageInput],
+        prompt: str | list[str] | None = None,
+        image: ImageInput | list[ImageInput] | None = None,
         num_inference_steps: int = 100,
         guidance_scale: float | None = None,
         image_guidance_scale: float | None = None,
@@ -160,6 +178,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
         cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> EditPipelineOutput | tuple:
         r"""Edit `image` following `prompt`.
 
@@ -187,6 +207,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
             correctors: `StepCorrector`s run at every step (e.g. HGS).
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`;
                 may return a dict replacing "latents", "prompt_embeds" or "image_latents".
+            prompt_embeds, negative_prompt_embeds: precomputed text-encoder states (B or 1, L, D) instead of
+                `prompt` / `negative_prompt` (cached prompts, other encoders), as in diffusers.
         """
         check_output_type(output_type)
         guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
@@ -198,7 +220,9 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
         if bad:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` has {sorted(bad)}; allowed: {self._callback_tensor_inputs}.")
 
-        prompts, images = broadcast_batch(prompt, image)
+        if image is None:
+            raise TypeError("`image` is required: the image to edit.")
+        prompts, images = broadcast_batch(embeds_placeholders(prompt, prompt_embeds), image)
         if max_side == "auto":
             max_side = self.trained_side or DEFAULT_MAX_SIDE
         plans = {plan_size(im.size, self.size_multiple, height, width, max_side) for im in images}
@@ -217,7 +241,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
             mask_img = load_mask(mask, images[0].size, "mask")
             mask_t = torch.from_numpy(np.asarray(mask_img, dtype=np.float32) / 255.0)[None, None]
 
-        cond = self.encode_conditioning(prompts, pixels, negative_prompt).repeat_interleave(num_images_per_prompt)
+        cond = self.encode_conditioning(prompts, pixels, negative_prompt, prompt_embeds,
+                                        negative_prompt_embeds).repeat_interleave(num_images_per_prompt)
         batch = cond.batch_size
         self._scales = scales = {"guidance_scale": guidance_scale, "image_guidance_scale": image_guidance_scale}
 

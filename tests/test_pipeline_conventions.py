@@ -4,6 +4,7 @@ guidance scales as properties a `callback_on_step_end` reads and changes for the
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from editkit.conditioning import EditRequest
 from editkit.loading import default_model, load_pipeline
@@ -61,3 +62,22 @@ def test_scales_cannot_be_set_outside_a_call(pipe):
     fresh = type(pipe)(**pipe.components)
     with pytest.raises(AttributeError, match="only during a call"):
         fresh.guidance_scale = 3.0
+
+
+def test_instructcv_prompt_embeds_give_the_text_path_results():
+    from editkit.loading import default_model, load_pipeline
+
+    pipe = load_pipeline("instructcv", str(default_model("instructcv")), "cpu", "fp32")
+    image = PIL.Image.new("RGB", (64, 64), (200, 40, 40))
+    run = lambda **k: pipe(image=image, num_inference_steps=2, output_type="pt",  # noqa: E731
+                           generator=torch.Generator().manual_seed(0), **k).images
+    text = run(prompt=["make it blue", "segment the red circle"], negative_prompt="blurry")
+    embeds = pipe.encode_prompt(["make it blue", "segment the red circle"])
+    assert torch.equal(run(prompt_embeds=embeds, negative_prompt="blurry"), text)
+    assert torch.equal(run(prompt_embeds=embeds, negative_prompt_embeds=pipe.encode_prompt("blurry")), text)
+    assert not torch.equal(run(prompt_embeds=embeds), text)  # the negative prompt matters
+    with pytest.raises(ValueError, match="not both"):
+        run(prompt="make it blue", prompt_embeds=embeds)
+    with pytest.raises(ValueError, match="3 rows for a batch of 2"):
+        pipe(prompt=None, image=[image, image], prompt_embeds=embeds, negative_prompt_embeds=torch.cat([embeds, embeds[:1]]),
+             num_inference_steps=1)

@@ -117,7 +117,7 @@ def test_safe_loading_kwargs_default_to_safetensors_only():
 def test_pipeline_refuses_pickle_only_folders_by_default(pickled_model):
     for comp in ("unet", "vae"):  # (transformers 5 always writes safetensors for the text encoder)
         assert list((pickled_model / comp).glob("*.bin")) and not list((pickled_model / comp).glob("*.safetensors"))
-    with pytest.raises(ValueError, match=r"component '(text_encoder|unet|vae)' has only pickle weights.*safetensors only"):
+    with pytest.raises(ValueError, match=r"component '(text_encoder|unet|vae)' has only pickle weights.*safetensors only.*pass use_safetensors=False"):
         InstructCVPipeline.from_pretrained(pickled_model)
     # the caller may opt in for a source they trust; diffusers then unpickles with weights_only=True
     pipe = InstructCVPipeline.from_pretrained(pickled_model, use_safetensors=False)
