@@ -38,7 +38,15 @@ from editkit.hgs import HighFrequencyGuidance
 from editkit.images import ImageInput, SizePlan, load_image, load_mask, pil_to_tensor, plan_size, resize_input, resize_output
 from editkit.modeling.promptfix_unet import AUX_KEY
 from editkit.numerics import check_finite
-from editkit.pipeline_utils import EditPipelineMixin, EditPipelineOutput, check_output_type, format_images, step_kwargs
+from editkit.pipeline_utils import (
+    EditPipelineMixin,
+    EditPipelineOutput,
+    check_output_type,
+    embeds_placeholders,
+    format_images,
+    match_rows,
+    step_kwargs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -195,17 +203,45 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
                 )
         return prompts, images, aux
 
-    def encode_conditioning(self, prompts: list[str], auxiliary: list[str], pixels: torch.Tensor) -> Conditioning:
+    def encode_prompt(self, prompts: str | list[str]) -> torch.Tensor:
+        """Text-encoder states (B, L, D): what `prompt_embeds`, `negative_prompt_embeds` and
+        `auxiliary_prompt_embeds` take."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return encode_clip_text(self.tokenizer, self.text_encoder, prompts, self._execution_device)
+
+    def encode_conditioning(self, prompts: list[str], auxiliary: list[str], pixels: torch.Tensor,
+                            negative_prompt: str | list[str] | None = None,
+                            embeds: dict[str, torch.Tensor | None] | None = None) -> Conditioning:
+        """Instruction, auxiliary and null text states (one batched encoder call for the texts given as
+        strings; `embeds` holds precomputed `prompt_embeds` / `auxiliary_prompt_embeds` /
+        `negative_prompt_embeds`) and the unscaled image latents."""
         device = self._execution_device
+        embeds = embeds or {}
         use_aux = unet_has_auxiliary(self.unet)
-        if not use_aux and any(a.strip() for a in auxiliary):
+        if not use_aux and (any(a.strip() for a in auxiliary) or embeds.get("auxiliary_prompt_embeds") is not None):
             logger.warning("this UNet has no auxiliary cross-attention; the auxiliary prompt is ignored.")
-        texts = prompts + (auxiliary if use_aux else []) + [""]
-        states = encode_clip_text(self.tokenizer, self.text_encoder, texts, device)
-        n = len(prompts)
+        if embeds.get("negative_prompt_embeds") is not None and negative_prompt is not None:
+            raise ValueError("pass `negative_prompt` or `negative_prompt_embeds`, not both.")
+        nulls = [negative_prompt or ""] if negative_prompt is None or isinstance(negative_prompt, str) else list(negative_prompt)
+        if len(nulls) not in (1, len(prompts)):
+            raise ValueError(f"`negative_prompt` has {len(nulls)} entries for {len(prompts)} prompts.")
+        parts = {"prompt_embeds": prompts, "auxiliary_prompt_embeds": auxiliary if use_aux else [],
+                 "negative_prompt_embeds": nulls}
+        texts = [t for name, seq in parts.items() if embeds.get(name) is None for t in seq]
+        states = encode_clip_text(self.tokenizer, self.text_encoder, texts, device) if texts else None
+        got, start = {}, 0
+        for name, seq in parts.items():
+            given = embeds.get(name)
+            if given is not None:
+                rows = 1 if name == "negative_prompt_embeds" and given.shape[0] == 1 else len(prompts)
+                got[name] = match_rows(given, rows, name).to(device)
+            else:
+                got[name] = states[start : start + len(seq)]
+                start += len(seq)
         with torch.no_grad():
             image_latents = vae_encode_mode(self.vae, pixels.to(device))
-        return build_conditioning(states[:n], states[-1:], image_latents, self.unet.dtype, states[n : 2 * n] if use_aux else None)
+        return build_conditioning(got["prompt_embeds"], got["negative_prompt_embeds"], image_latents, self.unet.dtype,
+                                  got["auxiliary_prompt_embeds"] if use_aux else None)
 
     def _skips(self, pixels: torch.Tensor) -> list[torch.Tensor] | None:
         if not getattr(self.vae, "has_skip_lora", False):
@@ -227,8 +263,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
-        image: ImageInput | list[ImageInput],
+        prompt: str | list[str] | None = None,
+        image: ImageInput | list[ImageInput] | None = None,
         auxiliary_prompt: str | list[str] | None = None,
         num_inference_steps: int = 20,
         guidance_scale: float | None = None,
@@ -253,6 +289,10 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        auxiliary_prompt_embeds: torch.Tensor | None = None,
     ) -> EditPipelineOutput | tuple:
         r"""Fix or edit `image` following `prompt`.
 
@@ -287,6 +327,9 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
             output_type: "pil", "np", "pt" or "latent".
             correctors: extra `StepCorrector`s, run after HGS.
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may return {"latents": ...}.
+            negative_prompt: the null text of the image-only branch (default "", as the official code).
+            prompt_embeds, negative_prompt_embeds, auxiliary_prompt_embeds: precomputed text-encoder states
+                (`encode_prompt`) instead of the strings, as in diffusers.
         """
         check_output_type(output_type)
         if num_inference_steps < 1:
@@ -311,7 +354,13 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
             resize_side = self.config.resize_side
         guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         image_guidance_scale = self.config.image_guidance_scale if image_guidance_scale is None else image_guidance_scale
-        prompts, images, auxiliary = self._batch(prompt, image, auxiliary_prompt, captioner)
+        if image is None:
+            raise TypeError("`image` is required: the image to fix or edit.")
+        if auxiliary_prompt_embeds is not None:
+            if auxiliary_prompt is not None:
+                raise ValueError("pass `auxiliary_prompt` or `auxiliary_prompt_embeds`, not both.")
+            auxiliary_prompt = embeds_placeholders(None, auxiliary_prompt_embeds, "auxiliary_prompt")
+        prompts, images, auxiliary = self._batch(embeds_placeholders(prompt, prompt_embeds), image, auxiliary_prompt, captioner)
         multiple = int(np.lcm(RESIZE_MULTIPLE, self.size_multiple))
         if height is not None or width is not None:
             plans = {plan_size(im.size, self.size_multiple, height, width, None) for im in images}
@@ -333,7 +382,9 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
             mask_img = load_mask(mask, images[0].size, "mask")
             mask_t = torch.from_numpy(np.asarray(mask_img, dtype=np.float32) / 255.0)[None, None]
 
-        cond = self.encode_conditioning(prompts, auxiliary, pixels).repeat_interleave(num_images_per_prompt)
+        embeds = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds,
+                  "auxiliary_prompt_embeds": auxiliary_prompt_embeds}
+        cond = self.encode_conditioning(prompts, auxiliary, pixels, negative_prompt, embeds).repeat_interleave(num_images_per_prompt)
         skips = self._skips(pixels)
         batch = cond.batch_size
         rule = GUIDANCE_MODES[guidance_mode]

@@ -81,3 +81,21 @@ def test_instructcv_prompt_embeds_give_the_text_path_results():
     with pytest.raises(ValueError, match="3 rows for a batch of 2"):
         pipe(prompt=None, image=[image, image], prompt_embeds=embeds, negative_prompt_embeds=torch.cat([embeds, embeds[:1]]),
              num_inference_steps=1)
+
+
+def test_promptfix_prompt_embeds_and_negative_prompt_give_the_text_path_results():
+    from editkit.loading import default_model, load_pipeline
+
+    pipe = load_pipeline("promptfix", str(default_model("promptfix")), "cpu", "fp32")
+    image = PIL.Image.new("RGB", (64, 64), (120, 120, 160))
+    run = lambda **k: pipe(image=image, num_inference_steps=2, output_type="pt", hgs_mode="off",  # noqa: E731
+                           generator=torch.Generator().manual_seed(0), **k).images
+    text = run(prompt="remove the haze", auxiliary_prompt="a hazy photo")
+    embeds = {"prompt_embeds": pipe.encode_prompt("remove the haze"), "auxiliary_prompt_embeds": pipe.encode_prompt("a hazy photo")}
+    torch.testing.assert_close(run(**embeds), text, rtol=0, atol=1e-5)
+    torch.testing.assert_close(run(**embeds, negative_prompt_embeds=pipe.encode_prompt("")), text, rtol=0, atol=1e-5)
+    negative = run(prompt="remove the haze", auxiliary_prompt="a hazy photo", negative_prompt="noise")
+    assert (negative - text).abs().max() > 1e-4  # the null text is a real branch
+    torch.testing.assert_close(run(**embeds, negative_prompt_embeds=pipe.encode_prompt("noise")), negative, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="not both"):
+        run(prompt="remove the haze", **embeds)
