@@ -39,9 +39,18 @@ from editkit.guidance import Branch, GuidanceRule, Term, guided_prediction
 from editkit.images import ImageInput, load_image, pil_to_tensor, plan_size, resize_input, resize_output
 from editkit.modeling.unic_adapter import UNICSD3Transformer2DModel
 from editkit.numerics import check_finite
-from editkit.pipeline_utils import EditPipelineMixin, EditPipelineOutput, check_output_type, format_images
+from editkit.pipeline_utils import (
+    EditPipelineMixin,
+    EditPipelineOutput,
+    check_output_type,
+    embeds_placeholders,
+    format_images,
+    match_rows,
+)
 
 DEFAULT_MAX_SIDE = 512
+POOLED_NAMES = {"prompt_embeds": "pooled_prompt_embeds", "instruction_embeds": "pooled_instruction_embeds",
+                "negative_prompt_embeds": "negative_pooled_prompt_embeds"}
 
 # v = uncond + s_c (control - uncond) + s_p (full - control); branch order as the official batch.
 UNIC_GUIDANCE = GuidanceRule(
@@ -268,13 +277,26 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
             prompts, max_sequence_length, self.transformer.config.joint_attention_dim, self._execution_device,
         )
 
+    def text_states(self, texts: list[str], embeds: torch.Tensor | None, pooled: torch.Tensor | None, name: str,
+                    max_sequence_length: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The SD3 text stack's (states, pooled) for `texts`, or the precomputed pair (`encode_text`'s output)."""
+        pooled_name = POOLED_NAMES[name]
+        if embeds is None:
+            if pooled is not None:
+                raise ValueError(f"`{pooled_name}` was given without `{name}`.")
+            return self.encode_text(texts, max_sequence_length)
+        if pooled is None:
+            raise ValueError(f"`{name}` needs `{pooled_name}` too: SD3 reads the sequence and the pooled embedding.")
+        device = self._execution_device
+        return match_rows(embeds, rows, name).to(device), match_rows(pooled, rows, pooled_name).to(device)
+
     # -- sampling -------------------------------------------------------------------
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
-        image: ImageInput | list[ImageInput],
+        prompt: str | list[str] | None = None,
+        image: ImageInput | list[ImageInput] | None = None,
         instruction: str | list[str] | None = None,
         task: str | None = None,
         num_inference_steps: int = 28,
@@ -296,6 +318,12 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        instruction_embeds: torch.Tensor | None = None,
+        pooled_instruction_embeds: torch.Tensor | None = None,
     ) -> EditPipelineOutput | tuple:
         r"""Generate an image that follows a condition image, an instruction and a caption.
 
@@ -328,6 +356,9 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
                 official code) instead of the mode; default: the transformer config's `official_sampling`.
             output_type: "pil", "np", "pt" or "latent".
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may replace "latents".
+            prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
+                instruction_embeds, pooled_instruction_embeds: precomputed SD3 text-stack outputs
+                (`encode_text`: (B or 1, L, D) and (B or 1, D)) instead of the strings, as in diffusers.
         """
         # -- check everything before any heavy work
         check_output_type(output_type)
@@ -343,12 +374,15 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         if bad:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` has {sorted(bad)}; allowed: {self._callback_tensor_inputs}.")
         task = resolve_task(task)
-        prompts = _as_list(prompt, "prompt")
-        if prompts is None:
-            raise TypeError("`prompt` is required: a caption of the desired output.")
-        instructions = _as_list(instruction, "instruction")
+        prompts = _as_list(embeds_placeholders(prompt, prompt_embeds), "prompt")
+        if image is None:
+            raise TypeError("`image` is required: the condition image.")
+        instructions = _as_list(embeds_placeholders(instruction, instruction_embeds, "instruction")
+                                if instruction_embeds is not None else instruction, "instruction")
         if instructions is None:
             instructions = [TASKS[task][0]] * len(prompts) if task else list(prompts)
+            if prompt_embeds is not None and not task:  # the instruction is the caption: reuse its states
+                instruction_embeds, pooled_instruction_embeds = prompt_embeds, pooled_prompt_embeds
         images_in = list(image) if isinstance(image, (list, tuple)) else [image]
         if not images_in:
             raise ValueError("`image` is an empty list.")
@@ -382,9 +416,13 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         maps = [make_condition_map(im, preprocess, detector_path) for im in images]
         pixels = pil_to_tensor([resize_input(m, plan.work_width, plan.work_height) for m in maps]).to(device)
         # three separate encoder calls, as diffusers' SD3 pipeline batches them (numerics match it exactly)
-        text, pooled = self.encode_text(prompts, max_sequence_length)
-        instr, pooled_instr = self.encode_text(instructions, max_sequence_length)
-        null, null_pooled = self.encode_text([negative_prompt or ""], max_sequence_length)
+        text, pooled = self.text_states(prompts, prompt_embeds, pooled_prompt_embeds, "prompt_embeds", max_sequence_length, batch)
+        instr, pooled_instr = self.text_states(instructions, instruction_embeds, pooled_instruction_embeds,
+                                               "instruction_embeds", max_sequence_length, batch)
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass `negative_prompt` or `negative_prompt_embeds`, not both.")
+        null, null_pooled = self.text_states([negative_prompt or ""], negative_prompt_embeds, negative_pooled_prompt_embeds,
+                                             "negative_prompt_embeds", max_sequence_length, 1)
         control_latents = vae_encode_scaled(self.vae, pixels, sample_condition, generator if isinstance(generator, torch.Generator) else None)
         cond = build_conditioning(text, pooled, instr, pooled_instr, null, null_pooled, control_latents, dtype)
         cond = cond.repeat_interleave(num_images_per_prompt)

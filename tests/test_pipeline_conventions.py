@@ -99,3 +99,24 @@ def test_promptfix_prompt_embeds_and_negative_prompt_give_the_text_path_results(
     torch.testing.assert_close(run(**embeds, negative_prompt_embeds=pipe.encode_prompt("noise")), negative, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="not both"):
         run(prompt="remove the haze", **embeds)
+
+
+def test_unic_prompt_embeds_give_the_text_path_results():
+    from editkit.loading import default_model, load_pipeline
+
+    pipe = load_pipeline("unic", str(default_model("unic")), "cpu", "fp32")
+    cond = PIL.Image.new("RGB", (64, 64), (30, 30, 30))
+    run = lambda **k: pipe(image=cond, num_inference_steps=2, output_type="pt",  # noqa: E731
+                           generator=torch.Generator().manual_seed(0), **k).images
+    text = run(prompt="a red circle", instruction="Generate image from canny edge", negative_prompt="blurry")
+    n = pipe.default_max_sequence_length()
+    p, pp = pipe.encode_text(["a red circle"], n)
+    i, pi = pipe.encode_text(["Generate image from canny edge"], n)
+    z, pz = pipe.encode_text(["blurry"], n)
+    got = run(prompt_embeds=p, pooled_prompt_embeds=pp, instruction_embeds=i, pooled_instruction_embeds=pi,
+              negative_prompt_embeds=z, negative_pooled_prompt_embeds=pz)
+    torch.testing.assert_close(got, text, rtol=0, atol=1e-5)
+    same = run(prompt="a red circle")  # no instruction: the caption is the instruction, embeddings likewise
+    torch.testing.assert_close(run(prompt_embeds=p, pooled_prompt_embeds=pp), same, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="needs `pooled_prompt_embeds`"):
+        run(prompt_embeds=p)
