@@ -34,7 +34,7 @@ from .engine import (
     history_entry,
     load_user_image,
 )
-from .methods import METHODS, MethodSpec, get_method
+from .methods import FREE, METHODS, MethodSpec, get_method
 
 log = logging.getLogger("editkit.app")
 
@@ -186,7 +186,8 @@ def build_app(
     first = engine.default_method()
     spec0 = get_method(first)
     scales0 = engine.scales(spec0)  # the model's own default guidance where it records one
-    pre0 = spec0.presets[0]
+    # the page (and so a gradio_client call that names no preset) starts at the free edit where the method has one
+    pre0 = FREE if FREE in spec0.presets else spec0.presets[0]
     gr_cache = examples_cache_dir(engine, cache_dir)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:

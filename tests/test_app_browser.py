@@ -252,6 +252,18 @@ def test_gradio_client_runs_every_method_with_the_api_defaults(shipped_server, f
         assert PIL.Image.open(output).size == (48, 32)
     assert seed == 1
     assert history[-1]["caption"] == f"{get_method(key).name}: make it red (seed 1)"
+    assert task_image is None  # no preset named: a free edit, nothing decoded (not the first preset's segment)
+
+
+def test_the_readme_api_examples_run_for_every_method(shipped_server, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("one per method")[1].split("```python")[1].split("```")[0]
+    assert block.count('method="') == 5
+    code = block.replace("http://127.0.0.1:7860/", shipped_server["url"]).replace('api_name="/edit")', 'steps=2, api_name="/edit")')
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["task_image"] is not None and scope["seed"] >= 0  # the InstructCV call decoded its mask
 
 
 def test_gradio_client_gets_clear_errors_and_the_server_keeps_serving(server, files):
