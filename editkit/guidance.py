@@ -81,6 +81,23 @@ class GuidanceRule:
         active = [b for b in self.branches if abs(w[b.name]) > 1e-12]
         return active or [self.branch(self.conditional)]
 
+    def neutral_scales(self) -> dict[str, float]:
+        """The scales at which the rule reduces to its conditional branch alone (guidance off): 1 for the
+        IP2P / CFG chains, 0.5 for PromptFix's midpoint rule."""
+        names = list(self.scale_names)
+        rows = [b.name for b in self.branches]
+        base = torch.tensor([self.weights({n: 0.0 for n in names})[r] for r in rows], dtype=torch.float64)
+        cols = [torch.tensor([self.weights({m: float(m == n) for m in names})[r] for r in rows], dtype=torch.float64) - base
+                for n in names]
+        target = torch.tensor([float(r == self.conditional) for r in rows], dtype=torch.float64)
+        if not names:
+            return {}
+        solution = torch.linalg.lstsq(torch.stack(cols, dim=1), (target - base)[:, None]).solution[:, 0]
+        neutral = {n: round(float(v), 9) for n, v in zip(names, solution)}
+        if [b.name for b in self.active_branches(neutral)] != [self.conditional]:
+            raise ValueError(f"no scales reduce this rule to its '{self.conditional}' branch alone")
+        return neutral
+
     def formula(self) -> str:
         base = " + ".join(f"{c:g}*{n}" for n, c in self.base)
         terms = " + ".join(f"{t.scale}*({t.plus} - {t.minus})" for t in self.terms)
@@ -107,6 +124,37 @@ class GuidanceRule:
             part = out if w[name] == 1.0 else w[name] * out
             result = part if result is None else result + part
         return result
+
+
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """Guidance only inside a part of the sampling run (after Kynkäänniemi et al. 2024, "Applying guidance in a
+    limited interval improves sample and distribution quality"): steps i with `start <= i / num_steps < end`
+    are guided; the others run the conditional branch alone, so their backbone batch shrinks to one branch.
+    The interval is in steps, not noise levels, so that one setting means the same for every scheduler."""
+
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.start < self.end <= 1.0:
+            raise ValueError(f"`guidance_interval` must satisfy 0 <= start < end <= 1, got ({self.start}, {self.end}).")
+
+    def scales_at(self, rule: GuidanceRule, scales: Mapping[str, float], step: int, num_steps: int) -> Mapping[str, float]:
+        """`scales` inside the interval; outside it, the rule's neutral scales (one branch runs)."""
+        if self.start <= step / num_steps < self.end:
+            return scales
+        return rule.neutral_scales()
+
+
+def interval_scales(rule: GuidanceRule, scales: Mapping[str, float], interval: GuidanceInterval | tuple[float, float] | None,
+                    step: int, num_steps: int) -> Mapping[str, float]:
+    """The scales step `step` of `num_steps` runs with: `scales`, or the neutral ones outside `interval`."""
+    if interval is None:
+        return scales
+    if not isinstance(interval, GuidanceInterval):
+        interval = GuidanceInterval(*interval)
+    return interval.scales_at(rule, scales, step, num_steps)
 
 
 def guided_prediction(

@@ -30,7 +30,7 @@ from transformers import Qwen2VLModel
 
 from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.encoders import vae_decode
-from editkit.guidance import Branch, GuidanceRule, Term, guided_prediction
+from editkit.guidance import Branch, GuidanceRule, Term, guided_prediction, interval_scales
 from editkit.images import ImageInput, load_image, plan_size, resize_output
 from editkit.modeling.dream_adapter import DreamTransformer2DModel, pool_states
 from editkit.modeling.dream_encoder import (
@@ -230,6 +230,7 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         joint_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        guidance_interval: tuple[float, float] | None = None,
     ) -> EditPipelineOutput | tuple:
         r"""Generate from a text or text-image interleaved prompt.
 
@@ -258,6 +259,8 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
                 space; interleaved: the text with the images dropped).
             num_images_per_prompt, generator, latents, output_type: as in diffusers.
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may return new "latents".
+            guidance_interval: (start, end) fractions of the run; only those steps are guided, the others
+                run the conditional branch alone (a smaller batch). None: every step (editkit.guidance.GuidanceInterval).
         """
         check_output_type(output_type)
         if num_inference_steps < 1:
@@ -309,7 +312,7 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 forward = partial(transformer_forward, self.transformer, timestep=t, joint_attention_kwargs=joint_attention_kwargs)
-                velocity = guided_prediction(self.guidance, scales, cond, latents, forward)
+                velocity = guided_prediction(self.guidance, interval_scales(self.guidance, scales, guidance_interval, i, len(timesteps)), cond, latents, forward)
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 check_finite(latents, "latents", i)
                 if callback_on_step_end is not None:

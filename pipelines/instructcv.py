@@ -29,7 +29,7 @@ from editkit import tasks
 from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.correctors import StepCorrector, StepState, apply_after, apply_before
 from editkit.encoders import encode_clip_text, vae_decode, vae_encode_mode
-from editkit.guidance import IP2P_GUIDANCE, guided_prediction
+from editkit.guidance import IP2P_GUIDANCE, guided_prediction, interval_scales
 from editkit.images import ImageInput, load_mask, pil_to_tensor, plan_size, resize_input
 from editkit.numerics import check_finite
 from editkit.pipeline_utils import (
@@ -178,6 +178,7 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
         cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        guidance_interval: tuple[float, float] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
     ) -> EditPipelineOutput | tuple:
@@ -207,6 +208,8 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
             correctors: `StepCorrector`s run at every step (e.g. HGS).
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`;
                 may return a dict replacing "latents", "prompt_embeds" or "image_latents".
+            guidance_interval: (start, end) fractions of the run; only those steps are guided, the others
+                run the conditional branch alone (a smaller batch). None: every step (editkit.guidance.GuidanceInterval).
             prompt_embeds, negative_prompt_embeds: precomputed text-encoder states (B or 1, L, D) instead of
                 `prompt` / `negative_prompt` (cached prompts, other encoders), as in diffusers.
         """
@@ -277,7 +280,7 @@ class InstructCVPipeline(EditPipelineMixin, DiffusionPipeline, StableDiffusionLo
                     )
                     model_latents = apply_before(correctors, state)
                 model_input = self.scheduler.scale_model_input(model_latents, t)
-                noise_pred = guided_prediction(self.guidance, scales, cond, model_input, forward)
+                noise_pred = guided_prediction(self.guidance, interval_scales(self.guidance, scales, guidance_interval, i, len(timesteps)), cond, model_input, forward)
                 if correctors:
                     noise_pred = apply_after(correctors, state, model_latents, noise_pred)
                 latents = check_finite(self.scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0], "latents", i)

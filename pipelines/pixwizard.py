@@ -47,7 +47,7 @@ from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.encoders import tokenize_clip, vae_decode, vae_encode_scaled
-from editkit.guidance import Branch, ConditionDropout, GuidanceRule, Term, guided_prediction, ip2p_dropout
+from editkit.guidance import Branch, ConditionDropout, GuidanceRule, Term, guided_prediction, interval_scales, ip2p_dropout
 from editkit.images import ImageInput, load_mask, pil_to_tensor, plan_size, resize_input
 from editkit.modeling.pixwizard_transformer import TOKEN_SELECTIONS, PixWizardTransformer2DModel
 from editkit.numerics import check_finite
@@ -277,6 +277,7 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
         sample_condition: bool | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        guidance_interval: tuple[float, float] | None = None,
     ) -> EditPipelineOutput | tuple:
         r"""Apply the instruction `prompt` to `image`.
 
@@ -304,6 +305,8 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
             sample_condition: encode the source with a posterior sample (official) instead of the mode; default:
                 the transformer config's `official_sampling`.
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may return a dict replacing "latents".
+            guidance_interval: (start, end) fractions of the run; only those steps are guided, the others
+                run the conditional branch alone (a smaller batch). None: every step (editkit.guidance.GuidanceInterval).
         """
         check_output_type(output_type)
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -401,7 +404,7 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
                     captured["out"] = out
                     return out
 
-                velocity = guided_prediction(self.guidance, scales, cond, latents, forward)
+                velocity = guided_prediction(self.guidance, interval_scales(self.guidance, scales, guidance_interval, i, len(timesteps)), cond, latents, forward)
                 if official_cfg_channels:
                     # the official sampler guides channels 0-2; channel 3 keeps the full branch's output
                     full = captured["out"][:batch]

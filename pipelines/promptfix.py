@@ -33,7 +33,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.correctors import StepCorrector, StepState, apply_after, apply_before
 from editkit.encoders import encode_clip_text, vae_encode_mode
-from editkit.guidance import IP2P_GUIDANCE, Branch, GuidanceRule, Term, guided_prediction
+from editkit.guidance import Branch, GuidanceRule, IP2P_GUIDANCE, Term, guided_prediction, interval_scales
 from editkit.hgs import HighFrequencyGuidance
 from editkit.images import ImageInput, SizePlan, load_image, load_mask, pil_to_tensor, plan_size, resize_input, resize_output
 from editkit.modeling.promptfix_unet import AUX_KEY
@@ -289,6 +289,7 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         cross_attention_kwargs: dict[str, Any] | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        guidance_interval: tuple[float, float] | None = None,
         negative_prompt: str | list[str] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
@@ -327,6 +328,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
             output_type: "pil", "np", "pt" or "latent".
             correctors: extra `StepCorrector`s, run after HGS.
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may return {"latents": ...}.
+            guidance_interval: (start, end) fractions of the run; only those steps are guided, the others
+                run the conditional branch alone (a smaller batch). None: every step (editkit.guidance.GuidanceInterval).
             negative_prompt: the null text of the image-only branch (default "", as the official code).
             prompt_embeds, negative_prompt_embeds, auxiliary_prompt_embeds: precomputed text-encoder states
                 (`encode_prompt`) instead of the strings, as in diffusers.
@@ -425,7 +428,7 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
                     )
                     model_latents = apply_before(steps_correctors, state)
                 model_input = self.scheduler.scale_model_input(model_latents, t)
-                noise_pred = guided_prediction(rule, scales, cond, model_input, forward)
+                noise_pred = guided_prediction(rule, interval_scales(rule, scales, guidance_interval, i, len(timesteps)), cond, model_input, forward)
                 if steps_correctors:
                     noise_pred = apply_after(steps_correctors, state, model_latents, noise_pred)
                 latents = self.scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]

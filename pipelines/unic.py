@@ -35,7 +35,7 @@ from transformers import CLIPTextModelWithProjection, PreTrainedModel
 
 from editkit.conditioning import Condition, Conditioning, EditRequest
 from editkit.encoders import vae_decode, vae_encode_scaled
-from editkit.guidance import Branch, GuidanceRule, Term, guided_prediction
+from editkit.guidance import Branch, GuidanceRule, Term, guided_prediction, interval_scales
 from editkit.images import ImageInput, load_image, pil_to_tensor, plan_size, resize_input, resize_output
 from editkit.modeling.unic_adapter import UNICSD3Transformer2DModel
 from editkit.numerics import check_finite
@@ -318,6 +318,7 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        guidance_interval: tuple[float, float] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         pooled_prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
@@ -356,6 +357,8 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
                 official code) instead of the mode; default: the transformer config's `official_sampling`.
             output_type: "pil", "np", "pt" or "latent".
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may replace "latents".
+            guidance_interval: (start, end) fractions of the run; only those steps are guided, the others
+                run the conditional branch alone (a smaller batch). None: every step (editkit.guidance.GuidanceInterval).
             prompt_embeds, pooled_prompt_embeds, negative_prompt_embeds, negative_pooled_prompt_embeds,
                 instruction_embeds, pooled_instruction_embeds: precomputed SD3 text-stack outputs
                 (`encode_text`: (B or 1, L, D) and (B or 1, D)) instead of the strings, as in diffusers.
@@ -438,7 +441,7 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
-                velocity = guided_prediction(self.guidance, scales, cond, latents, partial(forward, timestep=t))
+                velocity = guided_prediction(self.guidance, interval_scales(self.guidance, scales, guidance_interval, i, len(timesteps)), cond, latents, partial(forward, timestep=t))
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 check_finite(latents, "latents", i)
                 if callback_on_step_end is not None:

@@ -8,6 +8,7 @@ import torch
 
 from editkit.conditioning import EditRequest
 from editkit.loading import default_model, load_pipeline
+from editkit.pipelines.promptfix import PROMPTFIX_GUIDANCE
 
 METHODS = ["instructcv", "promptfix", "pixwizard", "unic", "dream"]
 STEPS = 3
@@ -120,3 +121,30 @@ def test_unic_prompt_embeds_give_the_text_path_results():
     torch.testing.assert_close(run(prompt_embeds=p, pooled_prompt_embeds=pp), same, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="needs `pooled_prompt_embeds`"):
         run(prompt_embeds=p)
+
+
+def test_guidance_interval_runs_one_branch_outside_it(pipe):
+    backbone = getattr(pipe, "unet", None) or pipe.transformer
+    batches: list[int] = []
+
+    def record(module, args, kwargs):
+        x = args[0] if args else next(v for k, v in kwargs.items() if k in ("sample", "hidden_states"))
+        batches.append(int(x.shape[0]))
+
+    handle = backbone.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        full = _run(pipe, guidance_scale=2.0)
+        guided = batches[:]
+        batches.clear()
+        assert np.array_equal(_run(pipe, guidance_scale=2.0, guidance_interval=(0.0, 1.0)), full)
+        batches.clear()
+        half = _run(pipe, guidance_scale=2.0, guidance_interval=(0.5, 1.0))  # steps 0 (and 1 of 3) unguided
+        assert batches[0] == 1 and batches[-1] == guided[-1] > 1  # the unguided step runs one branch
+        batches.clear()
+        never = _run(pipe, guidance_scale=2.0, guidance_interval=(0.99, 1.0))
+    finally:
+        handle.remove()
+    assert set(batches) == {1} and np.abs(half - full).max() > 1e-5
+    rule = getattr(pipe, "guidance", None) or PROMPTFIX_GUIDANCE  # PromptFix picks its rule per call (guidance_mode)
+    neutral = rule.neutral_scales()
+    assert np.array_equal(never, _run(pipe, **neutral))  # no guided step: the conditional branch alone
