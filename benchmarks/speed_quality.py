@@ -1,0 +1,129 @@
+"""Speed and quality side by side: reference, editkit default and editkit fast, per method, on the shipped tiny
+models over the shapes benchmark.
+
+    python benchmarks/speed_quality.py --split test --n 50 [--methods instructcv,promptfix] [--pairs 6]
+    python benchmarks/speed_quality.py --split val --n 20 --sweep   # candidate fast settings, to choose on val
+
+Systems (quality: `editkit eval`'s headline metric per task; time: wall seconds per image, measured in
+interleaved pairs against the reference, median ratio and range):
+    reference  diffusers' StableDiffusionInstructPix2PixPipeline on the same components for InstructCV;
+               editkit's own default for the others (benchmarks/pipeline_vs_reference.py shows editkit's
+               default at parity with diffusers' SD3 pipeline and IP2P pipeline)
+    default    editkit, the method's evaluation default (20 steps, guidance on every step)
+    fast       editkit.speed.FAST_PRESETS[method] (fewer steps, a guidance interval, a multistep solver)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+import torch  # noqa: E402
+
+from editkit.data.shapes import make_sample  # noqa: E402
+from editkit.evaluation import ADAPTERS, evaluate  # noqa: E402
+from editkit.loading import default_model, load_pipeline  # noqa: E402
+from editkit.speed import FAST_PRESETS, SpeedPreset, fast_pipeline  # noqa: E402
+
+TASKS = {
+    "instructcv": "segment,detect,depth,classify,recolor,remove,add,move,resize,change_background",
+    "promptfix": "dehaze,denoise,deblur,desnow,dewatermark,inpaint",
+    "pixwizard": "segment,depth,recolor,remove",
+    "unic": "canny_to_image,depth_to_image,subject_driven",
+    "dream": "combine,put_on_background",
+}
+DEFAULT_STEPS = 20
+EXTRA = {"promptfix": {"hgs_mode": "off"}}  # HGS is its own cost study (docs/hgs.md)
+SWEEP = [SpeedPreset(20), SpeedPreset(10), SpeedPreset(10, (0.0, 0.5)), SpeedPreset(10, (0.25, 0.75)),
+         SpeedPreset(10, None, "dpmpp_2m"), SpeedPreset(10, (0.0, 0.5), "dpmpp_2m"), SpeedPreset(6, (0.0, 0.5), "dpmpp_2m")]
+
+
+def ip2p_reference(pipe):
+    """diffusers' own InstructPix2Pix pipeline on InstructCV's components, called like editkit's adapter."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    ref = StableDiffusionInstructPix2PixPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                                 unet=pipe.unet, scheduler=pipe.scheduler, safety_checker=None,
+                                                 feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    g, ig = pipe.config.guidance_scale, pipe.config.image_guidance_scale
+
+    def run(instructions, sources, samples, seed0=0, steps=DEFAULT_STEPS):
+        gens = [torch.Generator().manual_seed(seed0 + s.index) for s in samples]
+        return ref(list(instructions), image=list(sources), num_inference_steps=steps, guidance_scale=g,
+                   image_guidance_scale=ig, generator=gens, output_type="pil").images
+
+    return run
+
+
+def headline(results: dict) -> dict[str, float]:
+    """task -> the model's headline metric (miou, ap50, rmse, accuracy, edit_success, psnr)."""
+    return {task: row["scores"]["model"][row["headline"]] for task, row in results["tasks"].items()}
+
+
+def quality(system, method: str, tasks: str, n: int, split: str, preset: SpeedPreset | None) -> dict[str, float]:
+    extra = dict(EXTRA.get(method, {}))
+    if callable(system) and not hasattr(system, "components"):
+        return headline(evaluate(system, "custom", tasks, n=n, split=split, progress=False))
+    pipe, kwargs = (system, {"num_inference_steps": DEFAULT_STEPS}) if preset is None else fast_pipeline(system, method, preset)
+    steps = kwargs.pop("num_inference_steps")
+    return headline(evaluate(pipe, method, tasks, n=n, split=split, steps=steps, progress=False, call_args={**extra, **kwargs}))
+
+
+def one_image(system, method: str, preset: SpeedPreset | None):
+    sample = make_sample(TASKS[method].split(",")[0], "test", 0, 64)
+    if callable(system) and not hasattr(system, "components"):
+        return lambda: system([sample.instruction], [sample.source], [sample])
+    pipe, kwargs = (system, {"num_inference_steps": DEFAULT_STEPS}) if preset is None else fast_pipeline(system, method, preset)
+    steps = kwargs.pop("num_inference_steps")
+    adapter = ADAPTERS[method]
+    return lambda: adapter(pipe, [sample], seeds=[0], steps=steps, guidance=None, image_guidance=None,
+                           **{**EXTRA.get(method, {}), **kwargs})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(TASKS))
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--sweep", action="store_true", help="score the candidate fast settings (choose on val)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    report: dict = {"split": args.split, "n_per_task": args.n, "methods": {}, "machine": C.machine()}
+    for method in args.methods.split(","):
+        pipe = load_pipeline(method, str(default_model(method)), "cpu", "fp32")
+        pipe.set_progress_bar_config(disable=True)
+        entry: dict = {"tasks": TASKS[method]}
+        if args.sweep:
+            entry["sweep"] = []
+            for preset in SWEEP:
+                q = quality(pipe, method, TASKS[method], args.n, args.split, preset)
+                entry["sweep"].append({"preset": preset.__dict__, "quality": q})
+                print(method, preset, {k: round(v, 3) for k, v in q.items()}, flush=True)
+        else:
+            ref = ip2p_reference(pipe) if method == "instructcv" else pipe
+            systems = {"reference": (ref, None), "default": (pipe, None), "fast": (pipe, FAST_PRESETS[method])}
+            entry["fast_preset"] = FAST_PRESETS[method].__dict__
+            entry["quality"] = {name: quality(s, method, TASKS[method], args.n, args.split, p) for name, (s, p) in systems.items()}
+            ref_run = one_image(ref, method, None)
+            entry["time"] = {name: C.interleaved_pairs(one_image(s, method, p), ref_run, args.pairs)
+                             for name, (s, p) in systems.items() if name != "reference"}
+            for name in ("default", "fast"):
+                t = entry["time"][name]
+                print(f"{method} {name}: time vs reference {t['time_ratio_median']:.2f} "
+                      f"({t['time_ratio_min']:.2f}-{t['time_ratio_max']:.2f}), speed-up {1 / t['time_ratio_median']:.2f}x", flush=True)
+            for name, q in entry["quality"].items():
+                print(f"{method} {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()), flush=True)
+        report["methods"][method] = entry
+        C.write_json(args.out or f"speed_quality_{args.split}{'_sweep' if args.sweep else ''}.json", report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

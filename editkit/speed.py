@@ -1,0 +1,74 @@
+"""Speed presets: the settings behind `--fast` (CLI), the app's "Fast" toggle and `editkit eval --fast`.
+
+A preset is plain call arguments plus, for the UNet pipelines, a multistep solver:
+
+    steps               fewer denoising steps than the method's default
+    guidance_interval   guide only part of the run (`editkit.guidance.GuidanceInterval`); outside it the
+                        backbone runs one branch instead of two or three
+    solver              "dpmpp_2m": DPM-Solver++ 2M (diffusers' `DPMSolverMultistepScheduler`, built from the
+                        pipeline's scheduler config so the prediction type, betas and zero-SNR rescale carry
+                        over); None keeps the pipeline's scheduler (the flow-matching pipelines)
+
+    from editkit.speed import fast_pipeline
+    pipe, kwargs = fast_pipeline(pipe, "instructcv")
+    pipe(prompt, image, **kwargs)
+
+The figures that chose each preset (shapes val split) and what they cost in quality on test are in
+docs/performance.md (speed presets); benchmarks/speed_quality.py reruns them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SpeedPreset:
+    steps: int
+    guidance_interval: tuple[float, float] | None = None
+    solver: str | None = None
+
+    def call_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"num_inference_steps": self.steps}
+        if self.guidance_interval is not None:
+            kwargs["guidance_interval"] = self.guidance_interval
+        return kwargs
+
+
+# method -> preset, chosen on the shapes val split with the shipped tiny models (docs/performance.md)
+FAST_PRESETS: dict[str, SpeedPreset] = {
+    "instructcv": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5), solver="dpmpp_2m"),
+    "promptfix": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5), solver="dpmpp_2m"),
+    "pixwizard": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
+    "unic": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
+    "dream": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
+}
+SOLVERS = ("dpmpp_2m",)
+
+
+def fast_scheduler(scheduler: Any, solver: str) -> Any:
+    """A multistep solver with the same noise schedule and prediction type as `scheduler`."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    if solver not in SOLVERS:
+        raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+    config = dict(scheduler.config)
+    extra = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+    if config.get("rescale_betas_zero_snr"):
+        extra["final_sigmas_type"] = "zero"  # zero terminal SNR: the last step lands on sigma 0 exactly
+    return DPMSolverMultistepScheduler.from_config(config, **extra)
+
+
+def fast_pipeline(pipe: Any, method: str, preset: SpeedPreset | None = None) -> tuple[Any, dict[str, Any]]:
+    """(pipeline, call kwargs) for the method's fast preset. The pipeline is a shallow copy sharing the
+    weights when the solver changes, so the caller's pipeline keeps its own scheduler."""
+    if preset is None:
+        if method not in FAST_PRESETS:
+            raise ValueError(f"no fast preset for method {method!r}; known: {sorted(FAST_PRESETS)}.")
+        preset = FAST_PRESETS[method]
+    if preset.solver is not None:
+        pipe = copy.copy(pipe)
+        pipe.scheduler = fast_scheduler(pipe.scheduler, preset.solver)
+    return pipe, preset.call_kwargs()
