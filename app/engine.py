@@ -36,6 +36,7 @@ from editkit.conditioning import EditRequest
 from editkit.images import load_image
 from editkit.loading import default_device, torch_dtype, trained_side
 from editkit.numerics import NonFiniteError
+from editkit.speed import FAST_PRESETS, fast_pipeline
 from editkit.validation import parse_interleaved as _parse_interleaved
 
 from .methods import METHODS, MethodSpec, Preset, default_sources, get_method, is_local_path
@@ -386,7 +387,8 @@ class Settings:
     image_guidance: float | None  # None: the method has one scale
     max_side: int
     seed: int
-    extra: dict[str, Any] = field(default_factory=dict)  # method-specific call arguments (HGS)
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific call arguments (HGS, guidance interval)
+    fast: bool = False  # the method's speed preset (editkit.speed): its solver is swapped in at call time
 
 
 def read_settings(
@@ -404,6 +406,7 @@ def read_settings(
     hgs: bool = False,
     hgs_strength: Any = None,
     max_side: Any = None,
+    fast: bool = False,
 ) -> tuple[Settings, list[str]]:
     """Step 1: the user's numbers, each range-checked (blank: the default); notes for ignored switches.
 
@@ -435,7 +438,15 @@ def read_settings(
         extra = spec.hgs(bool(hgs), float(strength))
     elif hgs:
         notes.append(f"{spec.name} has no high-frequency guidance; HGS was not applied.")
-    return Settings(steps, guidance, image_guidance, max_side, seed, extra), notes
+    speed = FAST_PRESETS.get(spec.loading_method) if fast else None
+    if fast and speed is None:
+        notes.append(f"{spec.name} has no speed preset; the run used the normal settings.")
+    if speed is not None:
+        if steps == config.default_steps(spec):  # the preset's steps replace the default, not the user's choice
+            steps = speed.steps
+        if speed.guidance_interval is not None:
+            extra["guidance_interval"] = speed.guidance_interval
+    return Settings(steps, guidance, image_guidance, max_side, seed, extra, fast=speed is not None), notes
 
 
 def label_from_text(spec: MethodSpec, pre: Preset, instruction: Any, label: str | None) -> str | None:
@@ -587,6 +598,7 @@ def make_result(
             "guidance": settings.guidance,
             "image_guidance": settings.image_guidance,
             "max_side": settings.max_side,
+            "fast": settings.fast,
             "size": list(output.size),
             "mask": request.mask is not None,
             "seconds": round(seconds, 3),
@@ -710,7 +722,7 @@ class Engine:
     ) -> EditResult:
         """One request: settings -> text and images -> `EditRequest` -> pipeline call -> result.
 
-        `numbers`: steps, guidance, image_guidance, seed, randomize_seed, hgs, hgs_strength, max_side
+        `numbers`: steps, guidance, image_guidance, seed, randomize_seed, hgs, hgs_strength, max_side, fast
         (see `read_settings`)."""
         deadline = time.monotonic() + self.config.request_timeout_s if self.config.request_timeout_s else None
         spec = self.spec(method)
@@ -737,6 +749,8 @@ class Engine:
     ) -> tuple[PIL.Image.Image, float]:
         """Step 4: run the pipeline once (one request at a time per model), with progress and the deadline."""
         pipe = self.pipeline(spec)
+        if settings.fast:  # a shallow copy with the preset's solver; the cached pipeline keeps its own
+            pipe, _ = fast_pipeline(pipe, spec.loading_method)
         kwargs = pipeline_kwargs(spec, settings)
         kwargs["callback_on_step_end"] = step_callback(settings.steps, on_step, deadline, self.config.request_timeout_s)
         lock = self.cache.run_lock((spec.key, self.source(spec)))

@@ -76,6 +76,11 @@ class MethodSpec:
     default_source: Callable[[], str | None] = lambda: None
     description: str = ""
     guidance_labels: tuple[str, str] = ("Text guidance", "Image guidance")
+    method: str = ""  # editkit's name for the method (editkit.loading, editkit.speed) when it differs from `key`
+
+    @property
+    def loading_method(self) -> str:
+        return self.method or self.key
 
     def __post_init__(self) -> None:
         unknown = set(self.fields) - set(FIELDS)
@@ -240,6 +245,7 @@ register(
 register(
     MethodSpec(
         key="dreamengine",
+        method="dream",
         name="Dream Engine",
         pipeline="editkit.pipelines:DreamEnginePipeline",
         fields=frozenset({"instruction", "interleaved", "references"}),

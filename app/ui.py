@@ -300,6 +300,8 @@ def build_app(
                             elem_id="hgs",
                         )
                         hgs_strength = gr.Slider(0.0, 5.0, value=spec0.hgs_strength, step=0.1, label="HGS strength", interactive=spec0.hgs is not None)
+                    fast = gr.Checkbox(value=False, label="Fast", elem_id="fast",
+                                       info="speed preset: fewer steps, guidance on part of the run, a multistep solver")
             # ------------------------------------------------------------------ outputs
             with gr.Column(scale=6):
                 compare = gr.ImageSlider(label="Before / after", type="pil", format="png", max_height=420, elem_id="compare")
@@ -427,6 +429,7 @@ def build_app(
             hgs: bool = False,
             hgs_strength: float | None = None,
             max_side: float | None = None,
+            fast: bool = False,
             history: list | None = None,
             progress=gr.Progress(),
         ):
@@ -460,6 +463,7 @@ def build_app(
                     hgs=hgs,
                     hgs_strength=hgs_strength,
                     max_side=max_side,
+                    fast=fast,
                     on_step=on_step,
                 )
             except UserError as err:
@@ -481,7 +485,7 @@ def build_app(
         run_event = gr.on(
             [run.click, instruction.submit, interleaved.submit],
             edit,
-            [method, source, instruction, preset, label, mask, references, auxiliary, interleaved, steps, guidance, image_guidance, seed, randomize, hgs, hgs_strength, max_side, history_state],
+            [method, source, instruction, preset, label, mask, references, auxiliary, interleaved, steps, guidance, image_guidance, seed, randomize, hgs, hgs_strength, max_side, fast, history_state],
             [compare, output, task_view, summary, seed, history_state, history],
             api_name="edit",
             concurrency_limit=concurrency,

@@ -30,6 +30,20 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-side", type=int, default=None, help="bound on the working resolution's long side")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32")
+    p.add_argument("--fast", action="store_true",
+                   help="the method's speed preset (editkit.speed: fewer steps, a guidance interval, a multistep "
+                        "solver; docs/performance.md); --steps still overrides its step count")
+
+
+def load_for_run(args: argparse.Namespace, method: str, kwargs: dict):
+    """The pipeline for a CLI run, with the speed preset applied under --fast (explicit flags win)."""
+    from .speed import fast_pipeline
+
+    pipe = load_pipeline(method, args.model, args.device, args.dtype)
+    if getattr(args, "fast", False):
+        pipe, preset = fast_pipeline(pipe, method)
+        kwargs.update({k: v for k, v in preset.items() if k not in kwargs})
+    return pipe
 
 
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
@@ -85,7 +99,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     request = EditRequest(args.instruction, image=args.image, mask=args.mask).validated()
     kwargs = _sampling_kwargs(args)
-    pipe = load_pipeline(args.method, args.model, args.device, args.dtype)
+    pipe = load_for_run(args, args.method, kwargs)
     print(f"model {args.model or default_model(args.method)} · {run_plan(pipe, kwargs)}", file=sys.stderr)
     out = pipe.edit(request, **kwargs).images[0]
     out_path = Path(args.output)
@@ -132,7 +146,7 @@ def cmd_task(args: argparse.Namespace) -> int:
     if args.method != "instructcv":
         raise SystemExit("error: `editkit task` decodes InstructCV's output encodings; use --method instructcv.")
     kwargs = _sampling_kwargs(args)
-    pipe = load_pipeline("instructcv", args.model, args.device, args.dtype)
+    pipe = load_for_run(args, "instructcv", kwargs)
     result = pipe.run_task(codec.name, image, args.label, pos=args.pos, neg=args.neg, **kwargs)
     slug = "".join(c if c.isalnum() else "_" for c in (args.label or ""))
     stem = f"{image_path.stem}.{codec.name}" + (f"-{slug}" if slug else "")

@@ -456,3 +456,25 @@ def test_make_result_decodes_task_presets(photo):
     r = make_result(spec, pre, request, out, s, instruction="segment the circle", seconds=0.5, label="circle", notes=[])
     assert r.task == "segment" and r.task_value.shape == (16, 16) and r.task_value.all()
     assert r.info["seconds"] == 0.5 and r.info["mask"] is False and r.summary.startswith("Mask of the circle: 100.0%")
+
+
+def test_fast_runs_the_speed_preset_and_keeps_the_cached_pipeline(tmp_path):
+    import numpy as np
+    import PIL.Image
+
+    from editkit.app.engine import AppConfig, Engine
+    from editkit.speed import FAST_PRESETS
+
+    PIL.Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "a.png")
+    engine = Engine(AppConfig(allowed_roots=[tmp_path]))
+    preset = FAST_PRESETS["instructcv"]
+    seen = []
+    r = engine.run("instructcv", str(tmp_path / "a.png"), "make it red", preset="free edit", fast=True,
+                   on_step=lambda i, n: seen.append(n))
+    assert r.info["fast"] and r.info["steps"] == preset.steps and seen[-1] == preset.steps
+    cached = engine.pipeline(engine.spec("instructcv"))
+    assert type(cached.scheduler).__name__ != "DPMSolverMultistepScheduler"  # the solver swap was a copy's
+    r = engine.run("instructcv", str(tmp_path / "a.png"), "make it red", preset="free edit", fast=True, steps=3)
+    assert r.info["steps"] == 3  # the user's steps win
+    r = engine.run("dreamengine", None, "", interleaved="a red circle", fast=True)
+    assert r.info["fast"] and r.info["steps"] == FAST_PRESETS["dream"].steps

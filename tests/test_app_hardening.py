@@ -113,7 +113,7 @@ def server(tmp_path_factory, model_dir):
 
 def _call_edit(url: str, image: dict, extra: dict) -> str:
     """POST /gradio_api/call/edit with raw JSON (no client-side upload) and return the event stream."""
-    data = ["instructcv", image, "make it red", "", "", None, None, "", "", 1, 7.5, 1.5, 0, False, False, 1.0, 64]
+    data = ["instructcv", image, "make it red", "", "", None, None, "", "", 1, 7.5, 1.5, 0, False, False, 1.0, 64, False]
     for k, v in extra.items():
         data[k] = v
     r = httpx.post(url + "gradio_api/call/edit", json={"data": data}, timeout=30)

@@ -80,3 +80,25 @@ def test_clear_errors(model_dir, photo, tmp_path, capsys, monkeypatch):
     assert "`instruction` is empty" in capsys.readouterr().err
     assert cli.main(["edit", str(photo), "x", "-o", str(tmp_path / "o.png"), "--model", str(tmp_path)]) == 2
     assert f"cannot load {tmp_path} with InstructCVPipeline.from_pretrained" in capsys.readouterr().err
+
+
+def test_fast_runs_the_speed_preset_on_edit_and_eval(photo, tmp_path, capsys, monkeypatch):
+    import json
+
+    from editkit.speed import FAST_PRESETS
+
+    seen = []
+    monkeypatch.setattr("editkit.cli.run_plan", lambda pipe, kwargs: seen.append((type(pipe.scheduler).__name__, dict(kwargs))) or "plan")
+    assert cli.main(["edit", str(photo), "make it red", "-o", str(tmp_path / "fast.png"), "--fast"]) == 0
+    scheduler, kwargs = seen[-1]
+    preset = FAST_PRESETS["instructcv"]
+    assert scheduler == "DPMSolverMultistepScheduler"
+    assert kwargs["num_inference_steps"] == preset.steps and kwargs["guidance_interval"] == preset.guidance_interval
+    assert cli.main(["edit", str(photo), "make it red", "-o", str(tmp_path / "f3.png"), "--fast", "--steps", "3"]) == 0
+    assert seen[-1][1]["num_inference_steps"] == 3  # an explicit flag wins over the preset
+    out = tmp_path / "eval.json"
+    assert cli.main(["eval", "--tasks", "recolor", "--n", "1", "--fast", "--no-progress", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    config = results["config"]
+    assert config["steps"] == preset.steps and config["call_args"]["guidance_interval"] == list(preset.guidance_interval)
+    assert config["speed_preset"]["solver"] == "dpmpp_2m"

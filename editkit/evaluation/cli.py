@@ -12,6 +12,7 @@ from typing import Any
 from editkit.data import parse_tasks
 from editkit.data.scene import check_canvas_size
 from editkit.loading import DTYPES, default_model, load_pipeline
+from editkit.speed import FAST_PRESETS, fast_pipeline
 
 from .adapters import ADAPTERS, CUSTOM, check_method
 from .harness import DEFAULT_EVAL_STEPS, evaluate, positive_int
@@ -33,7 +34,8 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="benchmark split (default: test)")
     p.add_argument("--heldout-phrasings", action="store_true", help="instructions from the held-out phrasings")
     p.add_argument("--size", type=int, default=64, help="canvas side in pixels, 48-512 (default: 64)")
-    p.add_argument("--steps", type=int, default=DEFAULT_EVAL_STEPS, help=f"denoising steps (default: {DEFAULT_EVAL_STEPS})")
+    p.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: {DEFAULT_EVAL_STEPS}, or the --fast preset's)")
+    p.add_argument("--fast", action="store_true", help="score the method's speed preset (editkit.speed)")
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the pipeline's)")
     p.add_argument("--image-guidance", type=float, default=None, help="image guidance scale (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed; sample i of a task uses seed + i (default: 0)")
@@ -93,7 +95,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     parse_tasks(args.tasks)
     positive_int(args.n, "n")
     check_canvas_size(args.size, "size")
-    positive_int(args.steps, "steps")
+    if args.steps is not None:
+        positive_int(args.steps, "steps")
     positive_int(args.batch_size, "batch_size")
     call_args = parse_call_args(args.call_args)
     if call_args and args.baselines_only:
@@ -102,10 +105,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.baselines_only:
         pipe = load_pipeline(method, args.model, args.device, args.dtype)  # a clear ModelLoadError if there is none
         model_name = str(args.model if args.model is not None else default_model(method))
+    steps = args.steps
+    if args.fast and pipe is not None:
+        pipe, preset = fast_pipeline(pipe, method)
+        steps = steps or preset.pop("num_inference_steps")
+        call_args = {**{k: v for k, v in preset.items() if k != "num_inference_steps"}, **call_args}
+    steps = steps or DEFAULT_EVAL_STEPS
     results = evaluate(pipe, method, args.tasks, args.n, split=args.split, size=args.size, seed=args.seed,
-                       heldout=args.heldout_phrasings, steps=args.steps, guidance=args.guidance,
+                       heldout=args.heldout_phrasings, steps=steps, guidance=args.guidance,
                        batch_size=args.batch_size, progress=not args.no_progress,
                        image_guidance=args.image_guidance, model_name=model_name, call_args=call_args)
+    if args.fast and pipe is not None:  # the solver is not a call argument: say which preset ran
+        results["config"]["speed_preset"] = dict(FAST_PRESETS[method].__dict__)
     out = Path(args.out) if args.out else Path("outputs") / "eval" / f"{method}-{args.split}.json"
     print(describe(results))
     print(format_table(results))
