@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-EXTRAS  ?= dev,train,app
+EXTRAS  ?= dev,train,app,bench
 APP_ARGS ?=
 export HF_HUB_OFFLINE ?= 1
 

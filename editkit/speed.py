@@ -54,6 +54,9 @@ def fast_scheduler(scheduler: Any, solver: str) -> Any:
 
     if solver not in SOLVERS:
         raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
+    if "shift" in scheduler.config and "beta_start" not in scheduler.config:
+        raise ValueError(f"`solver={solver!r}` is for DDPM-family schedulers; this pipeline samples with the flow-matching "
+                         f"{type(scheduler).__name__}, which `--fast` keeps (set the preset's solver to None).")
     config = dict(scheduler.config)
     extra = {"algorithm_type": "dpmsolver++", "solver_order": 2}
     if config.get("rescale_betas_zero_snr"):

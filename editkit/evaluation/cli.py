@@ -15,6 +15,10 @@ from editkit.loading import DTYPES, default_model, load_pipeline
 from editkit.speed import FAST_PRESETS, fast_pipeline
 
 from .adapters import ADAPTERS, CUSTOM, check_method
+from .bench import pipeline_editor, run_benchmark
+from .bench_metrics import Clip, Dino
+from .datasets import FORMATS, read_rows
+from .html_report import write_contact_sheet, write_html
 from .harness import DEFAULT_EVAL_STEPS, evaluate, positive_int
 from .report import compare_table, describe, format_table, write_results
 
@@ -30,7 +34,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="pipeline folder or hub id (default: the shipped tiny model)")
     p.add_argument("--method", default="instructcv", help=f"method of the model: {', '.join(sorted(ADAPTERS))} (default: instructcv)")
     p.add_argument("--tasks", default="cv,edit", help="comma-separated families, task names or 'all' (default: cv,edit)")
-    p.add_argument("--n", type=int, default=200, help="samples per task (default: 200)")
+    p.add_argument("--n", type=int, default=None, help="samples per task (default: 200); with --dataset, the first N rows (default: all)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="benchmark split (default: test)")
     p.add_argument("--heldout-phrasings", action="store_true", help="instructions from the held-out phrasings")
     p.add_argument("--size", type=int, default=64, help="canvas side in pixels, 48-512 (default: 64)")
@@ -49,6 +53,14 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", choices=DTYPES, default="fp32")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    b = p.add_argument_group("community benchmarks (instead of the shapes benchmark)")
+    b.add_argument("--dataset", default=None, help="a benchmark's folder, `datasets` save_to_disk folder or parquet/arrow file")
+    b.add_argument("--format", default="folder", choices=FORMATS, help="the dataset's layout (default: folder = metadata.jsonl)")
+    b.add_argument("--dataset-split", default=None, help="split of a `datasets` folder or parquet files (e.g. dev, test)")
+    b.add_argument("--multi-turn", action="store_true", help="MagicBrush: edit each session in a chain, score its final turn")
+    b.add_argument("--clip", default=None, help="local CLIPModel folder for the CLIP metrics")
+    b.add_argument("--dino", default=None, help="local DINO ViT folder (transformers AutoModel) for DINO and structure distance")
+    b.add_argument("--report", default=None, help="write an HTML page (and a PNG contact sheet next to it) of the run")
     p.set_defaults(func=cmd_eval)
     t = subparsers.add_parser(
         "eval-table", help="put several `editkit eval` JSON files side by side as a markdown table",
@@ -91,8 +103,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     method = check_method(args.method)
     if method == CUSTOM:
         raise ValueError("`--method custom` is for Python callables; the command line needs a pipeline method.")
+    if args.dataset is not None:
+        return cmd_eval_dataset(args, method)
     # Check everything cheap before loading a model.
     parse_tasks(args.tasks)
+    args.n = 200 if args.n is None else args.n
     positive_int(args.n, "n")
     check_canvas_size(args.size, "size")
     if args.steps is not None:
@@ -121,4 +136,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(describe(results))
     print(format_table(results))
     print(f"wrote {write_results(results, out)}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_dataset(args: argparse.Namespace, method: str) -> int:
+    """`editkit eval --dataset PATH --format F`: edit and score a community benchmark, resumably."""
+    if args.n is not None:
+        positive_int(args.n, "n")
+    if args.baselines_only:
+        raise ValueError("`--baselines-only` is for the shapes benchmark; with --dataset every row runs the model.")
+    for flag in ("clip", "dino"):
+        folder = getattr(args, flag)
+        if folder is not None and not Path(folder).is_dir():
+            raise ValueError(f"--{flag} {folder!r} is not a folder (a local transformers model saved with save_pretrained).")
+    rows = read_rows(args.dataset, args.format, args.dataset_split)  # layout errors before any model loads
+    device = args.device or "cpu"
+    clip = Clip.load(args.clip, device) if args.clip else None
+    dino = Dino.load(args.dino, device) if args.dino else None
+    pipe = load_pipeline(method, args.model, args.device, args.dtype)
+    steps = args.steps
+    call_args = parse_call_args(args.call_args)
+    if args.fast:
+        pipe, preset = fast_pipeline(pipe, method)
+        steps = steps or preset.pop("num_inference_steps")
+        call_args = {**preset, **call_args}
+    out = Path(args.out) if args.out else Path("outputs") / "eval" / args.format
+    edit = pipeline_editor(pipe, method, steps=steps or DEFAULT_EVAL_STEPS, guidance=args.guidance,
+                           image_guidance=args.image_guidance, call_args=call_args)
+    summary = run_benchmark(edit, rows, args.format, out, clip=clip, dino=dino, multi_turn=args.multi_turn,
+                            seed=args.seed, limit=args.n, progress=not args.no_progress)
+    print(f"{args.format} ({summary['setting']}): {summary['n_scored']} scored, {summary['n_bad']} skipped")
+    for name, value in summary["metrics"].items():
+        print(f"  {name:<20} {value:.4f}  (n={summary['n_per_metric'][name]})")
+    for name, why in summary["not_computed"].items():
+        print(f"  {name:<20} not computed: {why}")
+    for bad in summary["bad_rows"][:10]:
+        print(f"  skipped {bad['why']}")
+    if args.report:
+        page = write_html(out, args.report, f"{method} on {args.format} ({summary['setting']})")
+        sheet = write_contact_sheet(out, Path(args.report).with_suffix(".png"))
+        print(f"wrote {page} and {sheet}", file=sys.stderr)
+    print(f"wrote {out / 'summary.json'}", file=sys.stderr)
     return 0

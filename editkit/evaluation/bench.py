@@ -1,0 +1,155 @@
+"""Run a method over a community benchmark (`editkit.evaluation.datasets`) and score it (`bench_metrics`).
+
+    from editkit.evaluation.bench import pipeline_editor, run_benchmark
+    rows = read_rows("MagicBrush/test", "magicbrush")
+    summary = run_benchmark(pipeline_editor(pipe, "instructcv", steps=20), rows, "magicbrush", "outputs/mb",
+                            clip=Clip.load("clip-vit-base-patch32"), dino=Dino.load("dino-vits16"))
+
+    editkit eval --dataset MagicBrush/test --format magicbrush --clip CLIP_DIR --dino DINO_DIR --report mb.html
+
+Resumable: every scored row is appended to OUT/results.jsonl as it finishes (with its output image under
+OUT/images/), and a rerun with the same OUT scores only the rows that file lacks. Bad rows are recorded
+there too, with their reason, and skipped. OUT/summary.json holds the means, the counts and the bad rows.
+
+MagicBrush's two settings: single-turn (default) edits every turn from its ground-truth source and scores
+every turn; `multi_turn=True` edits each session's turns in a chain, each from the model's previous output,
+and scores the final turn against the final ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+
+from editkit.data import Sample
+
+from .adapters import ADAPTERS
+from .bench_metrics import METRICS, Clip, Dino, missing_models, score_row
+from .datasets import BadRow, EditRow, LoadedRow, load_row
+
+Editor = Callable[[LoadedRow, PIL.Image.Image, int], PIL.Image.Image]  # (row, source to edit, seed) -> output
+THUMB = 256
+
+
+def pipeline_editor(pipe: Any, method: str, *, steps: int, guidance: float | None = None,
+                    image_guidance: float | None = None, call_args: dict[str, Any] | None = None) -> Editor:
+    """An editor that calls the method's pipeline through its evaluation adapter."""
+    adapter = ADAPTERS[method]
+
+    def edit(row: LoadedRow, source: PIL.Image.Image, seed: int) -> PIL.Image.Image:
+        sample = Sample(task=row.task, family="benchmark", source=source, target=row.target or source,
+                        instruction=row.instruction, auxiliary_prompt="", mask=None)
+        return adapter(pipe, [sample], seeds=[seed], steps=steps, guidance=guidance, image_guidance=image_guidance,
+                       **(call_args or {}))[0]
+
+    return edit
+
+
+def thumbnail(image: PIL.Image.Image, path: Path) -> str:
+    im = image.copy()
+    im.thumbnail((THUMB, THUMB))
+    im.save(path)
+    return path.name
+
+
+def save_views(out: Path, key: str, row: LoadedRow, output: PIL.Image.Image) -> dict[str, str]:
+    """Full-size output plus thumbnails of source / output / target / mask, for the report."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    output.save(out / "images" / f"{key}.png")
+    views = {"source": thumbnail(row.source, out / "thumbs" / f"{key}_source.png"),
+             "output": thumbnail(output, out / "thumbs" / f"{key}_output.png")}
+    if row.target is not None:
+        views["target"] = thumbnail(row.target, out / "thumbs" / f"{key}_target.png")
+    if row.mask is not None:
+        views["mask"] = thumbnail(PIL.Image.fromarray(row.mask.astype(np.uint8) * 255), out / "thumbs" / f"{key}_mask.png")
+    return views
+
+
+def read_done(path: Path) -> dict[str, dict[str, Any]]:
+    """id -> record of a results.jsonl (a torn last line from an interrupted run is ignored)."""
+    done: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[rec["id"]] = rec
+    return done
+
+
+def chains(rows: list[EditRow]) -> list[list[EditRow]]:
+    """Rows grouped by session (MagicBrush img_id), turns in order; a row without a chain is its own."""
+    groups: dict[str, list[EditRow]] = {}
+    for r in rows:
+        groups.setdefault(r.chain or r.id, []).append(r)
+    return [sorted(g, key=lambda r: r.turn) for g in groups.values()]
+
+
+def run_unit(edit: Editor, unit: list[EditRow], fmt: str, seed: int, out: Path, clip: Clip | None,
+             dino: Dino | None, multi_turn: bool) -> dict[str, Any]:
+    """One scored record: a single row, or (multi-turn) a whole chain scored at its last turn."""
+    key = (unit[0].chain or unit[0].id) if multi_turn else unit[0].id
+    try:
+        loaded = [load_row(r) for r in unit]
+    except BadRow as err:
+        return {"id": key, "bad": str(err)}
+    current = loaded[0].source
+    for k, row in enumerate(loaded):  # one row in single-turn; the chain, each turn from the last output, in multi-turn
+        current = edit(row, current, seed + k)
+    final = loaded[-1]
+    if multi_turn:
+        final = LoadedRow(**{**final.__dict__, "source": loaded[0].source})
+    metrics = score_row(fmt, final, current, clip, dino)
+    return {"id": key, "turns": len(loaded), "task": final.task, "instruction": final.instruction,
+            "metrics": metrics, "views": save_views(out, key, final, current)}
+
+
+def summarize(records: list[dict[str, Any]], fmt: str, missing: dict[str, str], multi_turn: bool) -> dict[str, Any]:
+    scored = [r for r in records if "metrics" in r]
+    names = [m for m in METRICS[fmt] if any(m in r["metrics"] for r in scored)]
+    means = {m: float(np.mean([r["metrics"][m] for r in scored if m in r["metrics"]])) for m in names}
+    counts = {m: sum(m in r["metrics"] for r in scored) for m in names}
+    bad = [{"id": r["id"], "why": r["bad"]} for r in records if "bad" in r]
+    return {"format": fmt, "setting": "multi_turn" if multi_turn else "single_turn", "n_scored": len(scored),
+            "n_bad": len(bad), "metrics": means, "n_per_metric": counts, "not_computed": missing, "bad_rows": bad}
+
+
+def run_benchmark(edit: Editor, rows: list[EditRow], fmt: str, out: str | Path, *, clip: Clip | None = None,
+                  dino: Dino | None = None, multi_turn: bool = False, seed: int = 0, limit: int | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Edit and score every row (or chain), appending to OUT/results.jsonl; returns and writes the summary."""
+    if multi_turn and fmt != "magicbrush":
+        raise ValueError(f"--multi-turn is MagicBrush's setting; --format {fmt} has no edit sessions.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    units = chains(rows) if multi_turn else [[r] for r in rows]
+    units = units[:limit] if limit else units
+    results = out / "results.jsonl"
+    done = read_done(results)
+    todo = [(i, u) for i, u in enumerate(units) if ((u[0].chain or u[0].id) if multi_turn else u[0].id) not in done]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"eval {fmt}", unit="row")
+    with results.open("a") as f:
+        for i, unit in todo:
+            rec = run_unit(edit, unit, fmt, seed + i, out, clip, dino, multi_turn)
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            done[rec["id"]] = rec
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    keys = [(u[0].chain or u[0].id) if multi_turn else u[0].id for u in units]
+    summary = summarize([done[k] for k in keys if k in done], fmt, missing_models(fmt, clip, dino), multi_turn)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
