@@ -238,3 +238,17 @@ def test_cli_runs_a_shipped_pipeline_on_a_folder(tmp_path, capsys):
     with pytest.raises(ValueError, match="--format must be one of|invalid choice"):
         read_rows(root, "coco")
     shutil.rmtree(out)
+
+
+def test_shapes_eval_report_shows_every_sample_worst_psnr_first(tmp_path):
+    from editkit import cli
+
+    out = tmp_path / "r.json"
+    assert cli.main(["eval", "--tasks", "recolor,segment", "--n", "2", "--steps", "2", "--out", str(out), "--no-progress",
+                     "--device", "cpu", "--report", str(tmp_path / "r.html")]) == 0
+    recs = [json.loads(x) for x in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in recs) == ["recolor_0", "recolor_1", "segment_0", "segment_1"]
+    page = (tmp_path / "r.html").read_text()
+    order = sorted(recs, key=lambda r: r["metrics"]["psnr"])
+    assert page.index(f'data-v="{order[0]["id"]}"') < page.index(f'data-v="{order[-1]["id"]}"')
+    assert PIL.Image.open(tmp_path / "r.png").size == (4 * 128, 4 * (128 + 16))

@@ -71,6 +71,28 @@ def save_views(out: Path, key: str, row: LoadedRow, output: PIL.Image.Image) -> 
     return views
 
 
+def shapes_recorder(out: str | Path) -> Callable[[str, list[Sample], list[Any]], None]:
+    """An `evaluate(on_outputs=...)` hook writing OUT/results.jsonl + thumbnails like `run_benchmark`, so the
+    shapes harness gets the same report; each sample is scored by its PSNR to the target image."""
+    from editkit.metrics import as_rgb, psnr
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.jsonl").write_text("")
+
+    def record(task: str, samples: list[Sample], outputs: list[Any]) -> None:
+        with (out / "results.jsonl").open("a") as f:
+            for s, o in zip(samples, outputs):
+                image = PIL.Image.fromarray(as_rgb(o))
+                row = LoadedRow(f"{task}_{s.index}", s.instruction, s.source, s.target, None, task=task)
+                rec = {"id": row.id, "task": task, "instruction": s.instruction,
+                       "metrics": {"psnr": psnr(np.asarray(image), np.asarray(s.target.convert("RGB")))},
+                       "views": save_views(out, row.id, row, image)}
+                f.write(json.dumps(rec) + "\n")
+
+    return record
+
+
 def read_done(path: Path) -> dict[str, dict[str, Any]]:
     """id -> record of a results.jsonl (a torn last line from an interrupted run is ignored)."""
     done: dict[str, dict[str, Any]] = {}

@@ -37,7 +37,7 @@ METRICS = {
 }
 NEEDS = {"clip_i": "clip", "clip_t": "clip", "clip_out": "clip", "clip_dir": "clip", "clip_whole": "clip",
          "clip_edited": "clip", "dino": "dino", "structure_distance": "dino"}
-LOWER_IS_BETTER = {"l1", "l2", "bg_mse", "structure_distance"}
+LOWER_IS_BETTER = {"l1", "l2", "bg_mse", "structure_distance", "rmse"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

@@ -15,7 +15,7 @@ from editkit.loading import DTYPES, default_model, load_pipeline
 from editkit.speed import FAST_PRESETS, fast_pipeline
 
 from .adapters import ADAPTERS, CUSTOM, check_method
-from .bench import pipeline_editor, run_benchmark
+from .bench import pipeline_editor, run_benchmark, shapes_recorder
 from .bench_metrics import Clip, Dino
 from .datasets import FORMATS, read_rows
 from .html_report import write_contact_sheet, write_html
@@ -60,7 +60,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--multi-turn", action="store_true", help="MagicBrush: edit each session in a chain, score its final turn")
     b.add_argument("--clip", default=None, help="local CLIPModel folder for the CLIP metrics")
     b.add_argument("--dino", default=None, help="local DINO ViT folder (transformers AutoModel) for DINO and structure distance")
-    b.add_argument("--report", default=None, help="write an HTML page (and a PNG contact sheet next to it) of the run")
+    b.add_argument("--report", default=None, help="write an HTML page (and a PNG contact sheet next to it) of the run, for the shapes benchmark too")
     p.set_defaults(func=cmd_eval)
     t = subparsers.add_parser(
         "eval-table", help="put several `editkit eval` JSON files side by side as a markdown table",
@@ -126,16 +126,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         steps = steps or preset.pop("num_inference_steps")
         call_args = {**{k: v for k, v in preset.items() if k != "num_inference_steps"}, **call_args}
     steps = steps or DEFAULT_EVAL_STEPS
+    out = Path(args.out) if args.out else Path("outputs") / "eval" / f"{method}-{args.split}.json"
+    pictures = out.with_suffix("") if args.report and pipe is not None else None
     results = evaluate(pipe, method, args.tasks, args.n, split=args.split, size=args.size, seed=args.seed,
                        heldout=args.heldout_phrasings, steps=steps, guidance=args.guidance,
                        batch_size=args.batch_size, progress=not args.no_progress,
-                       image_guidance=args.image_guidance, model_name=model_name, call_args=call_args)
+                       image_guidance=args.image_guidance, model_name=model_name, call_args=call_args,
+                       on_outputs=shapes_recorder(pictures) if pictures is not None else None)
     if args.fast and pipe is not None:  # the solver is not a call argument: say which preset ran
         results["config"]["speed_preset"] = dict(FAST_PRESETS[method].__dict__)
-    out = Path(args.out) if args.out else Path("outputs") / "eval" / f"{method}-{args.split}.json"
     print(describe(results))
     print(format_table(results))
     print(f"wrote {write_results(results, out)}", file=sys.stderr)
+    if pictures is not None:
+        page = write_html(pictures, args.report, f"{method} on the shapes benchmark ({args.split})")
+        print(f"wrote {page} and {write_contact_sheet(pictures, Path(args.report).with_suffix('.png'))}", file=sys.stderr)
     return 0
 
 

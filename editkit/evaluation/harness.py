@@ -84,6 +84,7 @@ def evaluate(
     data_seed: int = 0,
     model_name: str | None = None,
     call_args: dict[str, Any] | None = None,
+    on_outputs: Callable[[str, list[Sample], list[np.ndarray]], None] | None = None,
 ) -> dict[str, Any]:
     """Score a method on `n` samples per task of the shapes benchmark, next to the baselines.
 
@@ -94,6 +95,7 @@ def evaluate(
     and/or task names ("cv,edit", "all"). `steps` defaults to
     DEFAULT_EVAL_STEPS; `guidance` / `image_guidance` to the pipeline's own.
     `call_args`: extra keywords for the adapter (pipelines only).
+    `on_outputs(task, samples, outputs)`: called with each task's model outputs (e.g. to keep a picture).
     Returns a json-serialisable dict (see `write_results`, `format_table`).
     """
     check_method(method)
@@ -157,6 +159,8 @@ def evaluate(
                     if bar is not None:
                         bar.update(len(batch))
                 scores["model"] = scorer.score(outs, samples)
+                if on_outputs is not None:
+                    on_outputs(task, samples, outs)
             elif bar is not None:
                 bar.update(n)
             scores["identity"] = scorer.score([identity(s) for s in samples], samples)
