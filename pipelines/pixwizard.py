@@ -56,7 +56,9 @@ from editkit.pipeline_utils import (
     EditPipelineOutput,
     broadcast_batch,
     check_output_type,
+    embeds_placeholders,
     finish_images,
+    match_rows,
 )
 
 MAX_ASPECT = 4.0
@@ -181,6 +183,18 @@ def transformer_forward(transformer: PixWizardTransformer2DModel, latent_input: 
     return out[:, : config.in_channels]
 
 
+EMBED_NAMES = ("prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds",
+               "negative_prompt_embeds", "negative_prompt_attention_mask", "negative_pooled_prompt_embeds")
+
+
+def broadcast_negatives(negative_prompt: str | list[str] | None, n: int) -> list[str]:
+    if negative_prompt is None or isinstance(negative_prompt, str):
+        return [negative_prompt or ""] * n
+    if len(negative_prompt) != n:
+        raise ValueError(f"`negative_prompt` has {len(negative_prompt)} entries for {n} prompts.")
+    return list(negative_prompt)
+
+
 class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->clip_text_encoder->image_encoder->transformer->vae"
     _optional_components: list[str] = []
@@ -249,12 +263,56 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
         n = len(prompts)
         return states[:n], mask[:n], pooled[:n], states[n:], mask[n:], pooled[n:]
 
+    def encode_prompt(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
+                      add_eos: bool = True) -> dict[str, torch.Tensor]:
+        """The call's precomputed text inputs, as keyword arguments: `prompt_embeds`, `prompt_attention_mask`,
+        `pooled_prompt_embeds` and their `negative_` twins (prompts and nulls padded to one length, as the
+        text path does). Text-to-image prompts need the "Text to image generation: " prefix here."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = broadcast_negatives(negative_prompt, len(prompts))
+        parts = self.encode_prompts(prompts, negatives, add_eos)
+        return dict(zip(EMBED_NAMES, parts))
+
+    def prompt_states(self, prompts: list[str], negatives: list[str], add_eos: bool,
+                      embeds: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, ...]:
+        """`encode_prompts`' six tensors, taking the precomputed ones from `embeds` (a mask defaults to all
+        ones; a pooled state must come with its sequence); prompts and nulls are padded to one length."""
+        given = {k: v for k, v in embeds.items() if v is not None}
+        if not given:
+            return self.encode_prompts(prompts, negatives, add_eos)
+        n, device = len(prompts), self._execution_device
+        out = {}
+        for side, texts in (("", prompts), ("negative_", negatives)):
+            seq, mask, pooled = (f"{side}prompt_embeds", f"{side}prompt_attention_mask", f"{side}pooled_prompt_embeds")
+            if seq not in given:
+                for extra in (mask, pooled):
+                    if extra in given:
+                        raise ValueError(f"`{extra}` needs `{seq}` with it.")
+                states, m = encode_llm_text(self.tokenizer, self.text_encoder, texts, device, add_eos=add_eos)
+                out[seq], out[mask] = states, m
+                out[pooled] = encode_clip_pooled(self.clip_tokenizer, self.clip_text_encoder, texts, device)
+                continue
+            if pooled not in given:
+                raise ValueError(f"`{seq}` needs `{pooled}` (the CLIP text state): take both from `encode_prompt`.")
+            states = match_rows(given[seq].to(device), n, seq)
+            out[seq] = states
+            m = given.get(mask)
+            out[mask] = torch.ones(states.shape[:2], dtype=torch.long, device=device) if m is None else match_rows(m.to(device), n, mask)
+            out[pooled] = match_rows(given[pooled].to(device), n, pooled)
+        length = max(out["prompt_embeds"].shape[1], out["negative_prompt_embeds"].shape[1])
+        for side in ("", "negative_"):  # pad to one length; the padding is masked out
+            seq, mask = f"{side}prompt_embeds", f"{side}prompt_attention_mask"
+            extra = length - out[seq].shape[1]
+            out[seq] = F.pad(out[seq], (0, 0, 0, extra))
+            out[mask] = F.pad(out[mask], (0, extra))
+        return tuple(out[k] for k in EMBED_NAMES)
+
     # -- sampling -------------------------------------------------------------------
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         image: ImageInput | list[ImageInput] | None = None,
         num_inference_steps: int = 59,
         guidance_scale: float = 4.0,
@@ -278,6 +336,12 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         guidance_interval: tuple[float, float] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
     ) -> EditPipelineOutput | tuple:
         r"""Apply the instruction `prompt` to `image`.
 
@@ -307,7 +371,11 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may return a dict replacing "latents".
             guidance_interval: (start, end) fractions of the run; only those steps are guided, the others
                 run the conditional branch alone (a smaller batch). None: every step (editkit.guidance.GuidanceInterval).
+            prompt_embeds, prompt_attention_mask, pooled_prompt_embeds: precomputed LLM states (B, L, D), their
+                mask (B, L) and the pooled CLIP text (B, D) instead of `prompt` (from `encode_prompt`); the
+                `negative_` twins replace `negative_prompt`. One row is broadcast to the batch.
         """
+        prompt = embeds_placeholders(prompt, prompt_embeds)
         check_output_type(output_type)
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
@@ -339,12 +407,9 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
                 prompt = [p if p.startswith(T2I_PREFIX) else T2I_PREFIX + p for p in prompts_in]
             image = canvas
         prompts, images = broadcast_batch(prompt, image)
-        if negative_prompt is None or isinstance(negative_prompt, str):
-            negatives = [negative_prompt or ""] * len(prompts)
-        elif len(negative_prompt) != len(prompts):
-            raise ValueError(f"`negative_prompt` has {len(negative_prompt)} entries for {len(prompts)} prompts.")
-        else:
-            negatives = list(negative_prompt)
+        negatives = broadcast_negatives(negative_prompt, len(prompts))
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("pass `negative_prompt` or `negative_prompt_embeds`, not both.")
         plans = {plan_size(im.size, 1, height, width) for im in images}
         if len(plans) > 1:
             raise ValueError("the images of a batch need one output size; they differ in size or aspect ratio. "
@@ -362,7 +427,11 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
             mask_t = torch.from_numpy(np.asarray(mask_img, dtype=np.float32) / 255.0)[None, None]
 
         # -- conditions ---------------------------------------------------------------
-        text, text_mask, pooled, null_text, null_mask, null_pooled = self.encode_prompts(prompts, negatives, add_eos)
+        embeds = {"prompt_embeds": prompt_embeds, "prompt_attention_mask": prompt_attention_mask,
+                  "pooled_prompt_embeds": pooled_prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds,
+                  "negative_prompt_attention_mask": negative_prompt_attention_mask,
+                  "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds}
+        text, text_mask, pooled, null_text, null_mask, null_pooled = self.prompt_states(prompts, negatives, add_eos, embeds)
         cond_generator = generator[0] if isinstance(generator, list) else generator
         image_latents = vae_encode_scaled(self.vae, pixels.to(device), sample_condition, cond_generator)
         image_embeds = clip_image_tokens(self.image_encoder, pixels.to(device))

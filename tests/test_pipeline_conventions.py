@@ -123,6 +123,27 @@ def test_unic_prompt_embeds_give_the_text_path_results():
         run(prompt_embeds=p)
 
 
+def test_pixwizard_prompt_embeds_give_the_text_path_results():
+    pipe = load_pipeline("pixwizard", str(default_model("pixwizard")), "cpu", "fp32")
+    image = PIL.Image.new("RGB", (64, 64), (40, 160, 40))
+    run = lambda **k: pipe(image=image, num_inference_steps=2, output_type="pt", image_guidance_scale=1.5,  # noqa: E731
+                           generator=torch.Generator().manual_seed(0), **k).images
+    prompts = ["Make the green square red.", "Segment the square"]
+    text = run(prompt=prompts, negative_prompt="blurry")
+    embeds = pipe.encode_prompt(prompts, "blurry")
+    assert embeds["prompt_embeds"].shape[:2] == embeds["prompt_attention_mask"].shape and embeds["pooled_prompt_embeds"].dim() == 2
+    torch.testing.assert_close(run(**embeds), text, rtol=0, atol=1e-5)
+    one = pipe.encode_prompt(prompts[0])  # a single negative row is broadcast; a shorter null is padded and masked
+    single = run(prompt=prompts[0])
+    torch.testing.assert_close(run(prompt_embeds=one["prompt_embeds"], prompt_attention_mask=one["prompt_attention_mask"],
+                                   pooled_prompt_embeds=one["pooled_prompt_embeds"]), single, rtol=0, atol=1e-4)
+    assert (run(prompt=prompts[0], negative_prompt="blurry") - single).abs().max() > 1e-4  # the null text matters
+    with pytest.raises(ValueError, match="needs `pooled_prompt_embeds`"):
+        run(prompt_embeds=one["prompt_embeds"])
+    with pytest.raises(ValueError, match="not both"):
+        run(prompt="x", prompt_embeds=one["prompt_embeds"], pooled_prompt_embeds=one["pooled_prompt_embeds"])
+
+
 def test_guidance_interval_runs_one_branch_outside_it(pipe):
     backbone = getattr(pipe, "unet", None) or pipe.transformer
     batches: list[int] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoTokenizer, CLIPTokenizer
 
 from editkit.loading import default_model
@@ -55,3 +56,26 @@ def test_every_shipped_tokenizer_tells_prompts_apart(model):
         tok = AutoTokenizer.from_pretrained(folder)
         a, b = tok(PROMPTS).input_ids
         assert a != b and len(set(a)) > 10, f"{model.name}/{folder.name} maps different prompts to the same ids"
+
+
+def test_word_merges_make_frequent_words_one_token_and_start_from_their_bytes(tmp_path):
+    from editkit.testing import tiny_clip_text_encoder
+    from editkit.training.tokens import extend_embeddings, word_tokenizer
+
+    base = tiny_clip_tokenizer(model_max_length=96)
+    texts = ["Turn the purple diamond yellow.", "Make the red circle purple.", "Remove the yellow diamond."] * 20
+    words = word_tokenizer(texts, base, 200)
+    assert words.convert_ids_to_tokens(words("Turn the purple diamond yellow.").input_ids)[1:-1] == \
+        ["turn</w>", "the</w>", "purple</w>", "diamond</w>", "yellow</w>", ".</w>"]
+    assert words("zebra").input_ids == base("zebra").input_ids  # an unseen word is spelled in bytes, as before
+    assert words.get_vocab()["diamond</w>"] >= 514 and all(words.get_vocab()[k] == v for k, v in base.get_vocab().items())
+    enc = tiny_clip_text_encoder(hidden_size=32, num_hidden_layers=1, max_length=96)
+    old = enc.get_input_embeddings().weight.detach().clone()
+    extend_embeddings(enc, base, words)
+    table = enc.get_input_embeddings().weight
+    spelled = base("diamond").input_ids[1:-1]  # d i a m o n d</w>
+    assert table.shape[0] == len(words) and torch.allclose(table[words.get_vocab()["diamond</w>"]], old[spelled].mean(0))
+    assert torch.equal(table[:514], old)
+    words.save_pretrained(tmp_path)
+    again = CLIPTokenizer.from_pretrained(tmp_path)
+    assert _ids(again, PROMPTS) == _ids(words, PROMPTS) and len(again) == len(words)

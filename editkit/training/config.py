@@ -28,6 +28,7 @@ DEFAULTS: dict = {
             "vae": None,  # a trained VAE folder (e.g. from the vae recipe) to use frozen
         },
         "train_text_encoder": False,
+        "word_merges": 0,  # >0: add that many BPE merges, learned on the training instructions, to a byte-level tokenizer
         "train_vae": False,
         "options": {},  # method-specific settings, read by the method's plugin (free-form)
     },

@@ -20,8 +20,12 @@ from editkit.guidance import ip2p_dropout
 from editkit.pipelines.instructcv import InstructCVPipeline, build_conditioning, unet_forward
 from editkit.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
 from editkit.training.prompts import noisy_instructions
+from editkit.training.tokens import extend_embeddings, word_tokenizer
 
 from .base import MethodTraining, randn_per_sample, scaled_target_latents, sd_noise_schedules
+
+BYTE_VOCAB = 514  # editkit.testing.tiny_clip_tokenizer: 256 bytes, their word-final forms, start and end
+WORD_CORPUS = 300  # training instructions per task that the word merges are learned on
 
 
 def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditionModel:
@@ -65,6 +69,8 @@ class InstructCVTraining(MethodTraining):
                 norm_num_groups=t.norm_groups,
                 seed=cfg.seed,
             )
+        if int(m.word_merges) > 0 and len(self.tokenizer) == BYTE_VOCAB:  # a model that has its words keeps them
+            self.add_word_tokens(int(m.word_merges))
         self.vae.requires_grad_(False).eval()
         self.text_encoder.requires_grad_(bool(m.train_text_encoder))
         self.noise_scheduler, self.sampler = sd_noise_schedules(cfg.train)
@@ -76,6 +82,16 @@ class InstructCVTraining(MethodTraining):
         self.guidance = {k: float(opts.pop(k)) for k in ("guidance_scale", "image_guidance_scale") if k in opts}
         if opts:
             raise ValueError(f"unknown model.options for instructcv: {sorted(opts)}; known: guidance_scale, image_guidance_scale")
+
+    def add_word_tokens(self, num_merges: int) -> None:
+        """Learn word merges on the training split's instructions and grow the text encoder to match."""
+        from editkit.data import make_sample, parse_tasks
+
+        d = self.cfg.data
+        texts = [make_sample(task, "train", i, int(d.size)).instruction for task in parse_tasks(d.tasks) for i in range(WORD_CORPUS)]
+        words = word_tokenizer(texts, self.tokenizer, num_merges)
+        extend_embeddings(self.text_encoder, self.tokenizer, words)
+        self.tokenizer = words
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         mods = {"unet": self.unet}
