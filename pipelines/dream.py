@@ -54,28 +54,44 @@ DREAM_GUIDANCE = GuidanceRule(
 TASKS = ("generate", "copy", "edit", "combine", "interleaved")
 
 
-def build_conditioning(states: torch.Tensor, null_states: torch.Tensor, dtype: torch.dtype) -> Conditioning:
-    """LMM states and their mean, both in group "text"; the trainer builds them with this same function."""
-    return Conditioning(
-        {
-            "encoder_hidden_states": Condition(states.to(dtype), null_states.to(dtype), "text"),
-            "pooled_projections": Condition(pool_states(states).to(dtype), pool_states(null_states).to(dtype), "text"),
-        }
-    )
+TEXT_LENGTH = "text_length"  # a conditioning entry: each row's own text length (not a transformer input)
+
+
+def build_conditioning(states: torch.Tensor, null_states: torch.Tensor, dtype: torch.dtype,
+                       lengths: torch.Tensor | None = None) -> Conditioning:
+    """LMM states and their mean, both in group "text"; the trainer builds them with this same function.
+
+    `lengths` (B,): each sample's own sequence length (what it is padded to alone); the mean pool stops there
+    and `transformer_forward` runs each length's rows on their own states, so no sample sees the padding a
+    longer prompt of its batch adds. None: every row uses the whole padded batch (training)."""
+    conds = {
+        "encoder_hidden_states": Condition(states.to(dtype), null_states.to(dtype), "text"),
+        "pooled_projections": Condition(pool_states(states, lengths).to(dtype), pool_states(null_states, lengths).to(dtype), "text"),
+    }
+    if lengths is not None:
+        conds[TEXT_LENGTH] = Condition(lengths, lengths, "text")
+    return Conditioning(conds)
 
 
 def transformer_forward(transformer: DreamTransformer2DModel, latent_input: torch.Tensor, cond: dict[str, torch.Tensor],
                         timestep: torch.Tensor, joint_attention_kwargs: dict | None = None) -> torch.Tensor:
-    """The backbone call: the stock SD3 forward with LMM states in place of text embeddings."""
+    """The backbone call: the stock SD3 forward with LMM states in place of text embeddings; rows with
+    their own `TEXT_LENGTH` run in one call per length, on their states cut to it."""
     t = timestep.expand(latent_input.shape[0]) if timestep.dim() == 0 else timestep
-    return transformer(
-        hidden_states=latent_input,
-        encoder_hidden_states=cond["encoder_hidden_states"],
-        pooled_projections=cond["pooled_projections"],
-        timestep=t,
-        joint_attention_kwargs=joint_attention_kwargs,
-        return_dict=False,
-    )[0]
+    lengths = cond.get(TEXT_LENGTH)
+    if lengths is None or bool((lengths == cond["encoder_hidden_states"].shape[1]).all()):
+        return transformer(hidden_states=latent_input, encoder_hidden_states=cond["encoder_hidden_states"],
+                           pooled_projections=cond["pooled_projections"], timestep=t,
+                           joint_attention_kwargs=joint_attention_kwargs, return_dict=False)[0]
+    out = None
+    for length in lengths.unique().tolist():
+        rows = (lengths == length).nonzero().flatten()
+        part = {TEXT_LENGTH: None, "encoder_hidden_states": cond["encoder_hidden_states"][rows, : int(length)],
+                "pooled_projections": cond["pooled_projections"][rows]}
+        pred = transformer_forward(transformer, latent_input[rows], part, t[rows], joint_attention_kwargs)
+        out = torch.empty((latent_input.shape[0], *pred.shape[1:]), dtype=pred.dtype, device=pred.device) if out is None else out
+        out[rows] = pred
+    return out
 
 
 def sample_prompts(
@@ -199,10 +215,15 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
                             max_sequence_length: int | None = None) -> Conditioning:
         """Cond and null prompts in one LMM call, so both are padded to the longer of the two."""
         with torch.no_grad():
-            states, _ = encode_prompts(self.lmm, self.processor, list(conds) + list(nulls), vit_ratio=vit_ratio,
-                                       max_sequence_length=max_sequence_length, device=self._execution_device)
+            states, inputs = encode_prompts(self.lmm, self.processor, list(conds) + list(nulls), vit_ratio=vit_ratio,
+                                            max_sequence_length=max_sequence_length, device=self._execution_device)
         n = len(conds)
-        return build_conditioning(states[:n], states[n:], self.transformer.dtype)
+        # each sample alone pads its prompt and null to the longer of the two (the official single-prompt run);
+        # a right-padded causal LMM gives the same states there, so cutting each sample to that length makes it
+        # independent of the rest of the batch
+        tokens = inputs["attention_mask"].sum(dim=1)
+        lengths = torch.full((n,), states.shape[1]) if max_sequence_length else torch.maximum(tokens[:n], tokens[n:]).cpu()
+        return build_conditioning(states[:n], states[n:], self.transformer.dtype, lengths.to(states.device))
 
     # -- sampling -------------------------------------------------------------------
 

@@ -64,9 +64,6 @@ def test_num_images_per_prompt(pipe):
 
 @pytest.mark.parametrize("other", ["a longer instruction: make the whole picture very blue and bright", "make it red"])
 def test_each_sample_of_a_batch_is_what_it_is_alone(pipe, other):
-    if pipe.method == "dream" and other.startswith("a longer"):
-        pytest.xfail("Dream Engine pads a batch to its longest prompt and, as the official model, lets the DiT and "
-                     "its mean pool see the padding (issue 28; docs/fidelity.md)")
     alone = _call(pipe, ["make it green"], [_image(0)], [0], output_type="np")
     batch = _call(pipe, ["make it green", other], [_image(0), _image(1)], [0, 1], output_type="np")
     assert np.abs(batch[0] - alone[0]).max() <= 1e-4

@@ -508,3 +508,19 @@ def test_training_both_stages_smoke(tmp_path):
     torch.testing.assert_close(after, live, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="cache"):
         DreamTraining(load_config(root / "configs/train/dream_stage1_shapes.yaml", ["data.cache=true"]))
+
+
+def test_each_prompt_is_conditioned_as_if_alone_whatever_its_batch(pipe):
+    short = sample_prompts("make it red", RED, [], [], None)
+    long = sample_prompts("a much longer instruction that makes the whole picture very blue and bright", BLUE, [], [], None)
+    alone = pipe.encode_conditioning([short[1]], [short[2]])
+    batch = pipe.encode_conditioning([short[1], long[1]], [short[2], long[2]])
+    n = alone["encoder_hidden_states"].value.shape[1]  # the prompt and its null padded to the longer of the two
+    assert int(batch["text_length"].value[0]) == n < batch["encoder_hidden_states"].value.shape[1]
+    for key in ("encoder_hidden_states", "pooled_projections"):
+        got, ref = batch[key], alone[key]
+        cut = (lambda x: x[:1, :n]) if key == "encoder_hidden_states" else (lambda x: x[:1])
+        torch.testing.assert_close(cut(got.value), ref.value, rtol=0, atol=1e-5)
+        torch.testing.assert_close(cut(got.null), ref.null, rtol=0, atol=1e-5)
+    # alone, the pool is the official mean over every position (padding to the null's length included)
+    torch.testing.assert_close(alone["pooled_projections"].value, pool_states(alone["encoder_hidden_states"].value))

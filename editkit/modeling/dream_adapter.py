@@ -73,9 +73,15 @@ def _out_features(module: nn.Module, name: str) -> int:
     return linears[-1].out_features
 
 
-def pool_states(states: torch.Tensor) -> torch.Tensor:
-    """Adapter 2's input: the mean over every position (padding included, as the official model does)."""
-    return states.mean(dim=1)
+def pool_states(states: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Adapter 2's input: the mean over every position (padding included, as the official model does).
+
+    `lengths` (B,): average row i over its first `lengths[i]` positions only, i.e. over the padding a
+    prompt gets alone (to the longer of it and its null), not over what a longer batch neighbour adds."""
+    if lengths is None:
+        return states.mean(dim=1)
+    keep = torch.arange(states.shape[1], device=states.device)[None, :] < lengths.to(states.device)[:, None]
+    return (states * keep[..., None]).sum(dim=1) / lengths.to(states.device, states.dtype)[:, None]
 
 
 class DreamTransformer2DModel(SD3Transformer2DModel):
