@@ -42,7 +42,7 @@ from editkit.modeling.dream_encoder import (
     task_prompts,
 )
 from editkit.numerics import check_finite
-from editkit.pipeline_utils import EditPipelineMixin, EditPipelineOutput, check_output_type, format_images
+from editkit.pipeline_utils import EditPipelineMixin, EditPipelineOutput, check_output_type, format_images, match_rows
 
 # v = null + g (full - null); the null keeps the task prefix and the images.
 DREAM_GUIDANCE = GuidanceRule(
@@ -225,6 +225,59 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         lengths = torch.full((n,), states.shape[1]) if max_sequence_length else torch.maximum(tokens[:n], tokens[n:]).cpu()
         return build_conditioning(states[:n], states[n:], self.transformer.dtype, lengths.to(states.device))
 
+    def route_prompts(self, prompt: Any, image: Any, references: Any, objects: Any, task: str | None, official_null: bool,
+                      negative_prompt: str | list[str] | None = None) -> tuple[list, PIL.Image.Image | None]:
+        """Every sample routed to its task format, (task, cond, null), and the first image (for the size);
+        a `negative_prompt` is appended to each null's text (its images stay). All checks, no model call."""
+        prompts = _batch_prompts(prompt)
+        for i, p in enumerate(prompts):
+            if isinstance(p, list):
+                prompts[i] = [q if isinstance(q, str) else load_image(q, f"prompt[{i}] image") for q in p]
+        images = _per_sample(image, len(prompts), "image", lambda v: not isinstance(v, (list, tuple)))
+        images = [None if im is None else load_image(im, "image") for im in images]
+        refs = _per_sample(references, len(prompts), "references", _is_image_list)
+        refs = [[load_image(r, f"references[{j}]") for j, r in enumerate(rs or [])] for rs in refs]
+        objs = [(str(name), load_image(im, f"objects[{j}]")) for j, (name, im) in enumerate(objects or [])]
+        routed = [sample_prompts(p, im, rs, objs, task, official_null) for p, im, rs in zip(prompts, images, refs)]
+        if negative_prompt is not None:
+            negatives = _per_sample(negative_prompt, len(routed), "negative_prompt", lambda v: isinstance(v, str))
+            routed = [(t, c, DreamPrompt(n.text + neg, n.images)) for (t, c, n), neg in zip(routed, negatives)]
+        first = next((im for im in images if im is not None), None) or next((rs[0] for rs in refs if rs), None)
+        return routed, first
+
+    def encode_prompt(self, prompt: Any, image: Any = None, references: Any = None, objects: Any = None, task: str | None = None,
+                      negative_prompt: str | list[str] | None = None, official_null: bool = False,
+                      vit_ratio: float | None = None, max_sequence_length: int | None = None) -> dict[str, torch.Tensor]:
+        """LMM states of the prompts and their nulls (routed as the call routes them), padded to one length:
+        what `prompt_embeds` / `negative_prompt_embeds` take. With one prompt (or prompts of one length) the
+        call gives the text path's result; each of a mixed batch is pooled over the whole padded length."""
+        routed, _ = self.route_prompts(prompt, image, references, objects, task, official_null, negative_prompt)
+        cond = self.encode_conditioning([c for _, c, _ in routed], [n for _, _, n in routed], vit_ratio, max_sequence_length)
+        states = cond["encoder_hidden_states"]
+        return {"prompt_embeds": states.value, "negative_prompt_embeds": states.null}
+
+    def given_conditioning(self, prompt: Any, negative_prompt: Any, prompt_embeds: torch.Tensor | None,
+                           negative_prompt_embeds: torch.Tensor | None, image: Any, references: Any) -> tuple[Conditioning, Any]:
+        """The conditioning from precomputed LMM states (both needed: the null depends on the task routing)."""
+        if prompt is not None or negative_prompt is not None:
+            raise ValueError("pass `prompt` / `negative_prompt` or `prompt_embeds` / `negative_prompt_embeds`, not both.")
+        if prompt_embeds is None or negative_prompt_embeds is None:
+            raise ValueError("Dream Engine's null depends on the task routing: pass both `prompt_embeds` and "
+                             "`negative_prompt_embeds` (from `encode_prompt`).")
+        for name, e in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+            if not isinstance(e, torch.Tensor) or e.dim() != 3 or e.shape[-1] != self.transformer.lmm_hidden_size:
+                raise ValueError(f"`{name}` must be (batch, tokens, {self.transformer.lmm_hidden_size}) LMM states, got "
+                                 f"{getattr(e, 'shape', type(e).__name__)}.")
+        if negative_prompt_embeds.shape[1] != prompt_embeds.shape[1]:
+            raise ValueError("`prompt_embeds` and `negative_prompt_embeds` must be padded to one length (take both from `encode_prompt`).")
+        device = self._execution_device
+        null = match_rows(negative_prompt_embeds.to(device), prompt_embeds.shape[0], "negative_prompt_embeds")
+        first = next((load_image(im, "image") for im in ([image] if not isinstance(image, (list, tuple)) else image) if im is not None), None)
+        if first is None and references:
+            refs = references[0] if isinstance(references[0], (list, tuple)) else references
+            first = load_image(refs[0], "references[0]")
+        return build_conditioning(prompt_embeds.to(device), null, self.transformer.dtype), first
+
     # -- sampling -------------------------------------------------------------------
 
     @torch.no_grad()
@@ -252,6 +305,9 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         guidance_interval: tuple[float, float] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> EditPipelineOutput | tuple:
         r"""Generate from a text or text-image interleaved prompt.
 
@@ -282,6 +338,10 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may return new "latents".
             guidance_interval: (start, end) fractions of the run; only those steps are guided, the others
                 run the conditional branch alone (a smaller batch). None: every step (editkit.guidance.GuidanceInterval).
+            negative_prompt: text appended to each sample's null prompt (the null keeps its task prefix and the
+                images it has; default: nothing).
+            prompt_embeds, negative_prompt_embeds: precomputed LMM states (B, N, D) of the prompts and their nulls,
+                padded to one length (`encode_prompt`), instead of `prompt`; `image` / `references` then only set the size.
         """
         check_output_type(output_type)
         if num_inference_steps < 1:
@@ -296,26 +356,16 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         if bad:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` has {sorted(bad)}; allowed: {self._callback_tensor_inputs}.")
 
-        # -- route every prompt to its task format (all checks before any model runs)
-        prompts = _batch_prompts(prompt)
-        for i, p in enumerate(prompts):
-            if isinstance(p, list):
-                prompts[i] = [q if isinstance(q, str) else load_image(q, f"prompt[{i}] image") for q in p]
-        images = _per_sample(image, len(prompts), "image", lambda v: not isinstance(v, (list, tuple)))
-        images = [None if im is None else load_image(im, "image") for im in images]
-        refs = _per_sample(references, len(prompts), "references", _is_image_list)
-        refs = [[load_image(r, f"references[{j}]") for j, r in enumerate(rs or [])] for rs in refs]
-        objs = [(str(name), load_image(im, f"objects[{j}]")) for j, (name, im) in enumerate(objects or [])]
-        routed = [sample_prompts(p, im, rs, objs, task, official_null) for p, im, rs in zip(prompts, images, refs)]
-
-        first = next((im for im in images if im is not None), None) or next((rs[0] for rs in refs if rs), None)
+        if prompt_embeds is not None or negative_prompt_embeds is not None:
+            cond, first = self.given_conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, image, references)
+        else:
+            routed, first = self.route_prompts(prompt, image, references, objects, task, official_null, negative_prompt)
+            cond = self.encode_conditioning([c for _, c, _ in routed], [n for _, _, n in routed], vit_ratio, max_sequence_length)
         size = first.size if first is not None else (self.default_size, self.default_size)
         if max_side == "auto":
             max_side = self.trained_side
         plan = plan_size(size, self.size_multiple, height, width, max_side)
         device = self._execution_device
-
-        cond = self.encode_conditioning([c for _, c, _ in routed], [n for _, _, n in routed], vit_ratio, max_sequence_length)
         cond = cond.repeat_interleave(num_images_per_prompt)
         batch = cond.batch_size
         self._scales = scales = {"guidance_scale": guidance_scale}

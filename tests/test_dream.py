@@ -524,3 +524,22 @@ def test_each_prompt_is_conditioned_as_if_alone_whatever_its_batch(pipe):
         torch.testing.assert_close(cut(got.null), ref.null, rtol=0, atol=1e-5)
     # alone, the pool is the official mean over every position (padding to the null's length included)
     torch.testing.assert_close(alone["pooled_projections"].value, pool_states(alone["encoder_hidden_states"].value))
+
+
+def test_prompt_embeds_and_negative_prompt_give_the_text_path_results(pipe):
+    run = lambda **k: pipe(num_inference_steps=2, guidance_scale=3.5, output_type="pt",  # noqa: E731
+                           generator=torch.Generator().manual_seed(0), **k).images
+    text = run(prompt="make it red", image=RED)
+    embeds = pipe.encode_prompt("make it red", image=RED)
+    torch.testing.assert_close(run(image=RED, **embeds), text, rtol=0, atol=1e-5)
+    negative = run(prompt="make it red", image=RED, negative_prompt="blurry, dark")
+    assert (negative - text).abs().max() > 1e-4  # the negative text reaches the null branch
+    torch.testing.assert_close(run(image=RED, **pipe.encode_prompt("make it red", image=RED, negative_prompt="blurry, dark")),
+                               negative, rtol=0, atol=1e-5)
+    _, _, null = sample_prompts("make it red", RED, [], [], None)
+    routed, _ = pipe.route_prompts("make it red", RED, None, None, None, False, "blurry, dark")
+    assert routed[0][2].text == null.text + "blurry, dark" and routed[0][2].images == null.images
+    with pytest.raises(ValueError, match="pass both `prompt_embeds` and `negative_prompt_embeds`"):
+        run(prompt_embeds=embeds["prompt_embeds"])
+    with pytest.raises(ValueError, match="not both"):
+        run(prompt="make it red", **embeds)
