@@ -184,3 +184,76 @@ def test_promptfix_golden_fixture_catches_a_wrong_mapping(promptfix_converted):
         ctx = io["context"]
         out = unet(io["x"], io["t"], encoder_hidden_states=ctx[0::2], auxiliary_hidden_states=ctx[1::2]).sample
     assert relative_error(out, io["unet_out"]) > 1e-3
+
+
+# -- Dream Engine --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dream_converted(tmp_path_factory):
+    """The official tiny composite (transformers 4.49 + the release's diffusers fork) through the converter CLI."""
+    from safetensors.torch import load_file
+    from transformers import Qwen2TokenizerFast, Qwen2VLConfig, Qwen2VLModel
+
+    from editkit.convert.dream import main
+    from editkit.modeling.dream_adapter import DreamTransformer2DModel
+    from editkit.modeling.dream_encoder import Qwen2VLImageProcessorOnly
+    from editkit.testing.dream import tiny_qwen2_vl_image_processor
+
+    folder, out = FIXTURES / "dream_official", tmp_path_factory.mktemp("dream")
+    assert main([str(folder / "diffusion_pytorch_model.bin"), str(out)]) == 0
+    io = torch.load(folder / "io.pt", weights_only=True)
+    lmm = Qwen2VLModel(Qwen2VLConfig.from_pretrained(folder / "qwen2_vl")).eval()
+    lmm.load_state_dict(load_file(out / "lmm" / "model.safetensors"), strict=True)
+    transformer = DreamTransformer2DModel(sample_size=32, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                          num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32,
+                                          pooled_projection_dim=32, out_channels=4, pos_embed_max_size=32, qk_norm=None,
+                                          adapter_hidden_dim=64).eval()
+    transformer.load_state_dict(load_file(out / "transformer" / "diffusion_pytorch_model.safetensors"), strict=True)
+    processor = Qwen2VLImageProcessorOnly(image_processor=tiny_qwen2_vl_image_processor(io["pixels"]),
+                                          tokenizer=Qwen2TokenizerFast.from_pretrained(folder / "qwen2_vl"))
+    return io, lmm, transformer, processor
+
+
+def _dream_states(io, lmm, processor):
+    import PIL.Image
+
+    from editkit.modeling.dream_encoder import DreamPrompt, encode_prompts
+
+    prompts = [DreamPrompt(text, (PIL.Image.fromarray(im.numpy()),)) for text, im in zip(io["prompts"], io["images"])]
+    with torch.no_grad():
+        return encode_prompts(lmm, processor, prompts)
+
+
+def test_dream_official_release_converts_and_matches_the_official_lmm_and_forward(dream_converted):
+    from editkit.modeling.dream_adapter import pool_states
+
+    io, lmm, transformer, processor = dream_converted
+    states, inputs = _dream_states(io, lmm, processor)
+    assert torch.equal(inputs["input_ids"], io["input_ids"]) and torch.equal(inputs["attention_mask"], io["attention_mask"])
+    assert int(io["attention_mask"][1].sum()) < io["attention_mask"].shape[1]  # the batch is padded: positions too are checked
+    assert relative_error(states, io["lmm_states"]) < 1e-4  # padding included (the DiT sees it)
+    with torch.no_grad():
+        out = transformer(hidden_states=io["latents"], encoder_hidden_states=states, pooled_projections=pool_states(states),
+                          timestep=io["timestep"], return_dict=False)[0]
+    assert relative_error(out, io["output"]) < 1e-4
+
+
+def test_dream_golden_fixture_catches_wrong_positions_and_a_wrong_mapping(dream_converted, monkeypatch):
+    import editkit.modeling.dream_encoder as enc
+
+    io, lmm, transformer, processor = dream_converted
+    monkeypatch.setattr(enc, "official_position_ids", lambda base, inputs: None)  # transformers 5.x's own positions
+    states, _ = _dream_states(io, lmm, processor)
+    assert relative_error(states, io["lmm_states"]) > 1e-3
+    monkeypatch.undo()
+    states, _ = _dream_states(io, lmm, processor)
+    ctx = transformer.context_embedder
+    with torch.no_grad():
+        ctx.linear_1.weight.copy_(ctx.linear_1.weight.flip(0))
+        try:
+            out = transformer(hidden_states=io["latents"], encoder_hidden_states=states, pooled_projections=states.mean(1),
+                              timestep=io["timestep"], return_dict=False)[0]
+        finally:
+            ctx.linear_1.weight.copy_(ctx.linear_1.weight.flip(0))
+    assert relative_error(out, io["output"]) > 1e-3

@@ -54,6 +54,24 @@ recomputes activations in training. The checkpoint is the LDM `.ckpt` layout, `{
 with `model.diffusion_model.*`, `first_stage_model.*` and `cond_stage_model.transformer.*` (only the
 model parts: the diffusion schedule buffers and EMA copies of a real release are not included).
 
+Dream Engine (github.com/chenllliang/DreamEngine, commit 374cffe), run with the library versions it was
+trained with (transformers 4.49, its vendored diffusers fork):
+
+    git -C DreamEngine archive HEAD src/diffusers/src | tar -x -C /tmp/dream_official
+    python -m venv /tmp/dream_env && /tmp/dream_env/bin/pip install torch==2.14.1 torchvision==0.29.1 \
+        transformers==4.49.0 "accelerate<1.5" peft==0.11.1 "huggingface_hub<0.30" safetensors sentencepiece
+    PYTHONPATH=/tmp/dream_official/src/diffusers/src /tmp/dream_env/bin/python tools/make_golden.py dream --official /tmp/dream_official
+
+Nothing in the official code is changed; the fork is put on the path instead of installed (its setup.py
+needs a README the archive leaves out). The composite `QwenVLSD3_DirectMap_Transformer2DModel` is built tiny
+(Qwen2-VL: 2 layers, width 32, a 2-layer ViT; SD3 DiT: 2 layers, 4 heads x 8; adapter MLPs 64 wide) with a
+byte-level Qwen2 tokenizer, and its forward is run on a right-padded batch of two interleaved prompts of
+different lengths (the official batch: every position, padding included, reaches the DiT). Saved: the state
+dict as the release's single shard, without `pooled_proj` (a 4096 x 2048 layer the DirectMap forward never
+uses, 32 MB; the converter drops it) and with `norm_lmm_out` at its initial all-ones (the release was trained
+without `--do_lmm_post_norm`); the Qwen2-VL config and tokenizer; the processor's inputs; the LMM's last
+hidden states and the forward's output.
+
 Every parameter is re-drawn after construction (zero-initialised ones too), fan-in scaled, with norm
 weights near 1 and gates away from 0, so that every path contributes to the output and a wrong or
 dropped mapping changes it. The state dict is saved as the official training saves its EMA weights:
@@ -282,9 +300,82 @@ def make_promptfix(official: Path, out: Path) -> None:
     print(f"wrote {out}: {len(state)} tensors")
 
 
+DREAM_COMMIT = "374cffe"
+DREAM_PIXELS = 112  # every image 112 x 112: 16 merged image tokens
+DREAM_PROMPTS = ("Put <|vision_start|><|image_pad|><|vision_end|> on a red background, in the top left corner.",
+                 "<|vision_start|><|image_pad|><|vision_end|>")
+
+
+def _dream_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))  # GPT-2's byte alphabet
+    table, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in table:
+            table[b], extra = chr(256 + extra), extra + 1
+    backend = Tokenizer(models.BPE(vocab={s: i for i, s in enumerate(dict(sorted(table.items())).values())}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = Qwen2TokenizerFast(tokenizer_object=backend, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
+                             pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                                                          "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]})
+    tok.padding_side = "right"
+    return tok
+
+
+def make_dream(official: Path, out: Path) -> None:
+    import numpy as np
+    from diffusers.models.transformers.transformer_sd3 import QwenVLSD3_DirectMap_Transformer2DModel, SD3Transformer2DModel
+    from PIL import Image
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
+
+    tok = _dream_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    config = Qwen2VLConfig(
+        hidden_size=32, intermediate_size=69, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=320, max_position_embeddings=1024, rope_theta=10000.0, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]},
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+        vision_config={"depth": 2, "embed_dim": 32, "hidden_size": 32, "hidden_act": "quick_gelu", "mlp_ratio": 4, "num_heads": 4,
+                       "in_channels": 3, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"])
+    lmm = Qwen2VLForConditionalGeneration(config).eval()
+    dit = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+                                joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32, out_channels=4,
+                                pos_embed_max_size=32).eval()
+    model = QwenVLSD3_DirectMap_Transformer2DModel(lmm, dit, mlp_dim=64).eval()
+    redraw_(model, seed=3)
+    with torch.no_grad():
+        model.norm_lmm_out.weight.fill_(1.0)
+    area = DREAM_PIXELS * DREAM_PIXELS
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=area, max_pixels=area), tokenizer=tok)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (DREAM_PIXELS, DREAM_PIXELS, 3), dtype=np.uint8) for _ in DREAM_PROMPTS]
+    inputs = processor(text=list(DREAM_PROMPTS), images=[Image.fromarray(a) for a in images], padding=True, return_tensors="pt")
+    g = torch.Generator().manual_seed(0)
+    latents, timestep = torch.randn(2, 4, 16, 16, generator=g), torch.tensor([700.0, 700.0])
+    with torch.no_grad():
+        states = model.lmm(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"],
+                           image_grid_thw=inputs["image_grid_thw"], output_hidden_states=True)["hidden_states"][-1]
+        output = model(lmm_input_ids=inputs["input_ids"], lmm_attention_mask=inputs["attention_mask"], dit_hidden_states=latents,
+                       dit_time_step=timestep, lmm_pixel_values=inputs["pixel_values"], lmm_image_grid_thw=inputs["image_grid_thw"])[0]
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("pooled_proj.")}
+    torch.save(state, out / "diffusion_pytorch_model.bin")
+    config.save_pretrained(out / "qwen2_vl")
+    tok.save_pretrained(out / "qwen2_vl")
+    torch.save({"prompts": list(DREAM_PROMPTS), "images": [torch.from_numpy(a) for a in images], "pixels": DREAM_PIXELS,
+                "input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "latents": latents,
+                "timestep": timestep, "lmm_states": states, "output": output, "commit": DREAM_COMMIT}, out / "io.pt")
+    print(f"wrote {out}: {len(state)} tensors, states {tuple(states.shape)}, output {tuple(output.shape)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", choices=("pixwizard", "unic", "promptfix"))
+    parser.add_argument("method", choices=("pixwizard", "unic", "promptfix", "dream"))
     parser.add_argument("--official", type=Path, required=True, help="folder of the official `models` package")
     parser.add_argument("--deps", type=Path, default=None, help="folder with the official code's extra packages")
     parser.add_argument("--out", type=Path, default=None, help="default: tests/fixtures/<method>_official")
@@ -296,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         make_pixwizard(args.official.resolve(), args.deps.resolve(), out)
     elif args.method == "unic":
         make_unic(args.official.resolve(), out)
+    elif args.method == "dream":
+        make_dream(args.official.resolve(), out)
     else:
         make_promptfix(args.official.resolve(), out)
     return 0
