@@ -181,7 +181,9 @@ class EditPipelineMixin:
     @property
     def trained_side(self) -> int | None:
         """The image side the backbone was trained at (its `sample_size` x the VAE factor), if it records one."""
-        backbone = getattr(self, "unet", None) or getattr(self, "transformer", None)
+        backbone = getattr(self, "unet", None)
+        if backbone is None:  # no `or`: a torch.compile'd module has no truth value (it raises on len())
+            backbone = getattr(self, "transformer", None)
         size = getattr(getattr(backbone, "config", None), "sample_size", None)
         if isinstance(size, (list, tuple)):
             size = max(size)

@@ -95,3 +95,18 @@ def test_reduced_precision_runs_close_to_fp32(pipe, tmp_path: Path):
     out = _call(half, *args, output_type="np")
     assert out.dtype == np.float32 and np.isfinite(out).all()
     assert np.abs(out - ref).mean() < 0.1  # bf16 keeps ~3 significant digits: the image stays the same image
+
+
+@pytest.mark.parametrize("method", ["instructcv", "unic"])
+def test_a_torch_compiled_backbone_runs_and_gives_the_same_image(method):
+    """diffusers' recipe `pipe.unet = torch.compile(pipe.unet)`: the wrapper has no truth value (len() raises),
+    so the pipeline must never test a module with `or` / `if`."""
+    from editkit.loading import default_model, load_pipeline
+
+    pipe = load_pipeline(method, str(default_model(method)), "cpu", "fp32")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.method = method
+    attr = "unet" if hasattr(pipe, "unet") else "transformer"
+    ref = _call(pipe, ["make it red"], [_image(0)], [0], output_type="np")
+    setattr(pipe, attr, torch.compile(getattr(pipe, attr), backend="eager"))  # dynamo tracing, no C++ build
+    np.testing.assert_allclose(_call(pipe, ["make it red"], [_image(0)], [0], output_type="np"), ref, atol=1e-5)
