@@ -7,7 +7,6 @@ worst first) and a PNG contact sheet of the worst rows, both from a `run_benchma
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 from pathlib import Path
@@ -55,8 +54,9 @@ def metric_names(records: list[dict[str, Any]]) -> list[str]:
 def write_html(run_dir: str | Path, path: str | Path, title: str = "editkit evaluation") -> Path:
     """The sortable page for the run in `run_dir`; images are linked relative to the page."""
     run_dir, path = Path(run_dir), Path(path)
-    records = [r for r in read_done(run_dir / "results.jsonl").values() if "metrics" in r]
-    bad = [r for r in read_done(run_dir / "results.jsonl").values() if "bad" in r]
+    done = list(read_done(run_dir / "results.jsonl").values())
+    records = [r for r in done if "metrics" in r]
+    bad = [r for r in done if "bad" in r]
     names = metric_names(records)
     records = worst_first(records, names[0]) if names else records
     rel = Path(os.path.relpath(run_dir / "thumbs", path.parent))
@@ -106,7 +106,3 @@ def write_contact_sheet(run_dir: str | Path, path: str | Path, rows: int = 16, c
     sheet.save(path)
     return Path(path)
 
-
-def summary_line(run_dir: str | Path) -> str:
-    s = json.loads((Path(run_dir) / "summary.json").read_text())
-    return ", ".join(f"{k} {v:.4g}" for k, v in s["metrics"].items())
