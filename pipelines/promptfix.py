@@ -138,8 +138,11 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         resize_side: int | None = DEFAULT_RESIZE_SIDE,
         guidance_scale: float = 6.5,
         image_guidance_scale: float = 1.25,
+        hgs_mode: str = "latent",
     ):
         super().__init__()
+        if hgs_mode not in HGS_MODES:
+            raise ValueError(f"`hgs_mode` must be one of {HGS_MODES}, got {hgs_mode!r}.")
         latent_ch = vae.config.latent_channels
         if unet.config.in_channels != 2 * latent_ch:
             raise ValueError(
@@ -147,10 +150,12 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
                 f"but this UNet has {unet.config.in_channels}."
             )
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
-        # the default working size and scales travel with the model (official 640 and 6.5 / 1.25; a 64 px
-        # shapes model works at 64 and may be tuned to other scales)
+        # the default working size, scales and HGS mode travel with the model (official 640 and 6.5 / 1.25; a 64 px
+        # shapes model works at 64 and may be tuned to other scales; a converted official checkpoint samples with
+        # HGS off, as the released script always does, spec §11 #1)
         self.register_to_config(
-            resize_side=resize_side, guidance_scale=float(guidance_scale), image_guidance_scale=float(image_guidance_scale)
+            resize_side=resize_side, guidance_scale=float(guidance_scale), image_guidance_scale=float(image_guidance_scale),
+            hgs_mode=hgs_mode,
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.size_multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
@@ -270,7 +275,7 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
         guidance_scale: float | None = None,
         image_guidance_scale: float | None = None,
         guidance_mode: str = "promptfix",
-        hgs_mode: str = "latent",
+        hgs_mode: str | None = None,
         hgs: HighFrequencyGuidance | None = None,
         captioner: Callable | None = None,
         resize_side: int | None | str = "auto",
@@ -310,7 +315,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
             guidance_mode: "promptfix" (midpoint rule) or "ip2p" (needs a fully
                 unconditional branch the released model never saw).
             hgs_mode: "latent" (high-frequency guidance on the latents) or "off"
-                (the released script's effective behaviour; fastest).
+                (the released script's effective behaviour; fastest). None: the model's `config.hgs_mode`
+                ("latent" for editkit's models, "off" for a converted official checkpoint); "latent" when `hgs` is given.
             hgs: a configured `HighFrequencyGuidance`; default `HighFrequencyGuidance.recommended()`
                 (1 iteration, step 2000, last half of the steps; see docs/hgs.md). `HighFrequencyGuidance()` = the official 5 x 1.0.
             captioner: image -> auxiliary prompt, for this call.
@@ -335,6 +341,8 @@ class PromptFixPipeline(EditPipelineMixin, DiffusionPipeline):
                 (`encode_prompt`) instead of the strings, as in diffusers.
         """
         check_output_type(output_type)
+        if hgs_mode is None:  # settings given: run them; else the model's default (older folders lack one)
+            hgs_mode = "latent" if hgs is not None else getattr(self.config, "hgs_mode", "latent")
         if num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be >= 1, got {num_inference_steps}.")
         if num_images_per_prompt < 1:

@@ -186,6 +186,31 @@ def test_promptfix_golden_fixture_catches_a_wrong_mapping(promptfix_converted):
     assert relative_error(out, io["unet_out"]) > 1e-3
 
 
+def test_promptfix_samples_as_the_official_inference_loop(promptfix_converted):
+    """process_images_json.py's loop (k-diffusion Euler ancestral on CompVisDenoiser sigmas, its CFGDenoiser's
+    midpoint rule, HGS off as the script always runs, seed 2024, decode with the encoder's skips) against the
+    converted pipeline called with its defaults: same sigmas, same noise draws, same latents and image."""
+    import PIL.Image
+
+    pipe, _ = promptfix_converted
+    ref = torch.load(FIXTURES / "promptfix_official" / "sampling.pt", weights_only=True)
+    pipe.scheduler.set_timesteps(ref["steps"])
+    assert relative_error(pipe.scheduler.sigmas, ref["sigmas"]) <= 1e-5
+    assert (pipe.config.guidance_scale, pipe.config.image_guidance_scale) == tuple(ref["scales"])
+
+    def run(output_type: str, **kw) -> torch.Tensor:
+        return pipe(image=PIL.Image.fromarray(ref["image"].numpy()), prompt_embeds=ref["instruction"],
+                    auxiliary_prompt_embeds=ref["auxiliary"], negative_prompt_embeds=ref["null"], resize_side=None,
+                    num_inference_steps=ref["steps"], generator=torch.Generator().manual_seed(ref["seed"]),
+                    output_type=output_type, **kw).images
+
+    assert relative_error(run("latent"), ref["latents"]) <= 1e-4
+    assert relative_error(run("pt"), ref["output"]) <= 1e-4
+    # the comparison can fail: HGS on, or the IP2P guidance rule, moves the result
+    assert relative_error(run("latent", hgs_mode="latent"), ref["latents"]) > 1e-3
+    assert relative_error(run("latent", guidance_mode="ip2p"), ref["latents"]) > 1e-3
+
+
 # -- Dream Engine --------------------------------------------------------------------------------
 
 

@@ -389,6 +389,14 @@ def test_converter_round_trip_from_the_official_layout(tmp_path):
     a = converted("fix", image=img, auxiliary_prompt="noisy", generator=_gen(), **FAST).images
     b = direct("fix", image=img, auxiliary_prompt="noisy", generator=_gen(), **FAST).images
     assert np.abs(a - b).max() < 1e-6
+    # a converted checkpoint samples as the released script does: HGS off (spec §11 #1), Euler ancestral, 6.5 / 1.25
+    assert (converted.config.hgs_mode, direct.config.hgs_mode) == ("off", "latent")
+    assert type(converted.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert (converted.config.guidance_scale, converted.config.image_guidance_scale) == (6.5, 1.25)
+    run = lambda p, **kw: p("fix", image=img, auxiliary_prompt="noisy", generator=_gen(), num_inference_steps=2, output_type="np", **kw).images  # noqa: E731
+    assert np.array_equal(run(converted), run(converted, hgs_mode="off"))
+    assert np.array_equal(run(direct), run(direct, hgs_mode="latent"))
+    assert np.abs(run(converted) - run(converted, hgs_mode="latent")).max() > 1e-4
 
 
 def test_converter_uses_the_stock_vae_for_zero_lora_and_rejects_foreign_keys(tmp_path):

@@ -54,6 +54,25 @@ recomputes activations in training. The checkpoint is the LDM `.ckpt` layout, `{
 with `model.diffusion_model.*`, `first_stage_model.*` and `cond_stage_model.transformer.*` (only the
 model parts: the diffusion schedule buffers and EMA copies of a real release are not included).
 
+PromptFix sampling (the same commit; after the promptfix fixture, whose checkpoint it reads):
+
+    git -C PromptFix show 5c8a34d:process_images_json.py > /tmp/promptfix_official/process_images_json.py
+    pip download --no-deps k-diffusion==0.1.1.post1 && unzip it; copy its k_diffusion folder to /tmp/golden_deps
+    pip install --no-deps --target /tmp/golden_deps torchsde trampoline torchdiffeq
+    python tools/make_golden.py promptfix_sampling --official /tmp/promptfix_official/stable_diffusion/ldm --deps /tmp/golden_deps
+
+It runs the inference script's loop for one image: `K.external.CompVisDenoiser` around the model, the
+script's own `CFGDenoiser` class, `K.sampling.sample_euler_ancestral` on `get_sigmas(4)`, the script's
+`torch.manual_seed(2024)` and noise, HGS off (the script's default), and `decode_first_stage` with the
+encoder's skips. What had to change: the script itself needs CUDA, its checkpoint and its image folder, so
+only its `CFGDenoiser` class is taken from it (parsed out of the file and run unchanged). The model is the
+official `LatentDiffusion` without its constructor (which would fetch CLIP from the hub): its `apply_model`,
+`encode_first_stage`, `decode_first_stage` and `DDPM.register_schedule` with the config's linear 0.00085 /
+0.012 betas, around the official `DiffusionWrapper("hybrid")`, UNet and autoencoder loaded strictly from the
+fixture's checkpoint. The text states are fixed random tensors in place of CLIP's (the CLIP match is its
+own test). k-diffusion is imported without its package `__init__`, which pulls in training-only modules;
+the script pins k-diffusion's git HEAD, 0.1.1.post1 is its last release.
+
 Dream Engine (github.com/chenllliang/DreamEngine, commit 374cffe), run with the library versions it was
 trained with (transformers 4.49, its vendored diffusers fork):
 
@@ -258,14 +277,18 @@ PROMPTFIX_CLIP = dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num
                       eos_token_id=1, pad_token_id=1)
 
 
-def make_promptfix(official: Path, out: Path) -> None:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
+def _promptfix_stand_ins(official: Path) -> None:
     sys.path.insert(0, str(official.parent))
     for name in ("taming", "taming.modules", "taming.modules.vqvae", "taming.modules.vqvae.quantize", "utils", "utils.utils"):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules["taming.modules.vqvae.quantize"].VectorQuantizer2 = None
     sys.modules["utils.utils"].print_model_submodules_info = lambda *a, **k: None
+
+
+def make_promptfix(official: Path, out: Path) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _promptfix_stand_ins(official)
     from ldm.models.autoencoder import AutoencoderKL
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
@@ -298,6 +321,95 @@ def make_promptfix(official: Path, out: Path) -> None:
     configs = {"unet": PROMPTFIX_UNET, "vae": PROMPTFIX_VAE, "clip": PROMPTFIX_CLIP}
     torch.save({**io, "commit": PROMPTFIX_COMMIT, "configs": configs}, out / "io.pt")
     print(f"wrote {out}: {len(state)} tensors")
+
+
+PROMPTFIX_SEED, PROMPTFIX_STEPS, PROMPTFIX_SCALES = 2024, 4, (6.5, 1.25)  # the script's seed and scales; 4 steps
+
+
+def _k_diffusion(deps: Path) -> types.ModuleType:
+    """k_diffusion's sampling, external and utils modules, without its package __init__ (which imports the
+    training and evaluation modules and their dependencies)."""
+    sys.path.insert(0, str(deps))
+    package = types.ModuleType("k_diffusion")
+    package.__path__ = [str(deps / "k_diffusion")]
+    sys.modules["k_diffusion"] = package
+    import k_diffusion.external
+    import k_diffusion.sampling
+    import k_diffusion.utils
+
+    return package
+
+
+def _official_class(script: Path, name: str, namespace: dict) -> type:
+    """One class of the official inference script, run as written (the script itself needs CUDA and its data)."""
+    import ast
+
+    node = next(n for n in ast.parse(script.read_text()).body if isinstance(n, ast.ClassDef) and n.name == name)
+    exec(compile(ast.Module([node], type_ignores=[]), str(script), "exec"), namespace)
+    return namespace[name]
+
+
+def promptfix_sampling_inputs(seed: int = 5) -> dict[str, torch.Tensor]:
+    """A smooth 32 x 32 RGB image (uint8, as read from a file) and instruction / auxiliary / null text states."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, 8, 8, generator=g)
+    image = torch.nn.functional.interpolate(low, size=(32, 32), mode="bilinear", align_corners=False)
+    image = (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8)
+    return {"image": image, **{k: torch.randn(1, 5, 32, generator=g) for k in ("instruction", "auxiliary", "null")}}
+
+
+def make_promptfix_sampling(official: Path, deps: Path, out: Path) -> None:
+    """The official inference loop of process_images_json.py on the promptfix fixture's checkpoint."""
+    import einops
+
+    _promptfix_stand_ins(official)
+    K = _k_diffusion(deps)
+    from ldm.hfp import extract_high_freq_component, sobel_operator
+    from ldm.models.autoencoder import AutoencoderKL
+    from ldm.models.diffusion.ddpm_edit import DDPM, DiffusionWrapper, LatentDiffusion
+
+    # the LatentDiffusion parts the sampler touches (apply_model, the schedule buffers, encode/decode_first_stage),
+    # without its constructor (which builds the CLIP embedder from the hub and the training machinery)
+    model = LatentDiffusion.__new__(LatentDiffusion)
+    torch.nn.Module.__init__(model)
+    model.v_posterior, model.parameterization, model.scale_factor = 0.0, "eps", 0.18215
+    DDPM.register_schedule(model, beta_schedule="linear", timesteps=1000, linear_start=0.00085, linear_end=0.012)
+    model.model = DiffusionWrapper({"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": PROMPTFIX_UNET}, "hybrid")
+    model.first_stage_model = AutoencoderKL(ddconfig=PROMPTFIX_VAE, lossconfig={"target": "torch.nn.Identity"}, embed_dim=4,
+                                            enable_decoder_cond_lora=True)
+    state = torch.load(out / "promptfix.ckpt", weights_only=True)["state_dict"]
+    for prefix, part in (("model.diffusion_model.", model.model.diffusion_model), ("first_stage_model.", model.first_stage_model)):
+        part.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    model.eval()
+
+    script = official.parent.parent / "process_images_json.py"
+    names = {"nn": torch.nn, "torch": torch, "F": torch.nn.functional, "einops": einops, "utils": K.utils,
+             "extract_high_freq_component": extract_high_freq_component, "sobel_operator": sobel_operator}
+    cfg_denoiser = _official_class(script, "CFGDenoiser", names)
+    model_wrap = K.external.CompVisDenoiser(model)
+    model_wrap_cfg = cfg_denoiser(model_wrap)
+
+    x = promptfix_sampling_inputs()
+    denoised = []
+    with torch.no_grad():  # the script's loop body for one image, HGS off (its default), fp32 on the CPU
+        input_image = einops.rearrange(2 * x["image"].float() / 255 - 1, "h w c -> 1 c h w")
+        cond = {"c_crossattn": [torch.cat([x["instruction"], x["auxiliary"]])],
+                "c_concat": [model.encode_first_stage(input_image).mode()]}
+        uncond = {"c_crossattn": [torch.cat([x["null"], x["null"]])], "c_concat": [torch.zeros_like(cond["c_concat"][0])]}
+        sigmas = model_wrap.get_sigmas(PROMPTFIX_STEPS)
+        extra_args = {"cond": cond, "uncond": uncond, "text_cfg_scale": PROMPTFIX_SCALES[0], "image_cfg_scale": PROMPTFIX_SCALES[1]}
+        torch.manual_seed(PROMPTFIX_SEED)
+        _, skip_connect_hs = model.first_stage_model.encoder(input_image)
+        z = torch.randn_like(cond["c_concat"][0]) * sigmas[0]
+        z0 = z.clone()
+        z = K.sampling.sample_euler_ancestral(model_wrap_cfg, z, sigmas, extra_args=extra_args,
+                                              callback=lambda info: denoised.append(info["denoised"].clone()))
+        image = model.decode_first_stage(z, skip_connect_hs=skip_connect_hs)
+        image = torch.clamp((image + 1.0) / 2.0, min=0.0, max=1.0)
+    torch.save({**x, "seed": PROMPTFIX_SEED, "steps": PROMPTFIX_STEPS, "scales": PROMPTFIX_SCALES, "sigmas": sigmas,
+                "initial_latents": z0, "denoised": torch.stack(denoised), "latents": z, "output": image,
+                "commit": PROMPTFIX_COMMIT, "k_diffusion": "0.1.1.post1"}, out / "sampling.pt")
+    print(f"wrote {out / 'sampling.pt'}: sigmas {sigmas.tolist()}")
 
 
 DREAM_COMMIT = "374cffe"
@@ -375,7 +487,7 @@ def make_dream(official: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", choices=("pixwizard", "unic", "promptfix", "dream"))
+    parser.add_argument("method", choices=("pixwizard", "unic", "promptfix", "promptfix_sampling", "dream"))
     parser.add_argument("--official", type=Path, required=True, help="folder of the official `models` package")
     parser.add_argument("--deps", type=Path, default=None, help="folder with the official code's extra packages")
     parser.add_argument("--out", type=Path, default=None, help="default: tests/fixtures/<method>_official")
@@ -389,6 +501,10 @@ def main(argv: list[str] | None = None) -> int:
         make_unic(args.official.resolve(), out)
     elif args.method == "dream":
         make_dream(args.official.resolve(), out)
+    elif args.method == "promptfix_sampling":
+        if args.deps is None:
+            parser.error("promptfix_sampling needs --deps (the folder k-diffusion and torchsde were installed to)")
+        make_promptfix_sampling(args.official.resolve(), args.deps.resolve(), FIXTURES / "promptfix_official" if args.out is None else out)
     else:
         make_promptfix(args.official.resolve(), out)
     return 0

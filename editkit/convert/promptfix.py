@@ -264,7 +264,8 @@ def convert_promptfix(
     tok = tokenizer if not isinstance(tokenizer, (str, Path)) else CLIPTokenizer.from_pretrained(tokenizer)
 
     pipe = PromptFixPipeline(vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tok, unet=unet.eval(),
-                             scheduler=sd_euler_ancestral(), resize_side=resize_side)
+                             scheduler=sd_euler_ancestral(), resize_side=resize_side,
+                             hgs_mode="off")  # the released script never runs HGS (spec §11 #1): sample as it does
     pipe.save_pretrained(output_dir, safe_serialization=True)
     return pipe
 
