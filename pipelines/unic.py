@@ -355,6 +355,8 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
                 pipeline's, for a converted official checkpoint: transformer config `official_sampling`).
             sample_condition: encode the condition with a posterior sample (the
                 official code) instead of the mode; default: the transformer config's `official_sampling`.
+                The sample is drawn with `generator`, except for a converted official checkpoint, which
+                draws it from torch's global RNG as the official pipeline does (seed it with `torch.manual_seed`).
             output_type: "pil", "np", "pt" or "latent".
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may replace "latents".
             guidance_interval: (start, end) fractions of the run; only those steps are guided, the others
@@ -426,7 +428,9 @@ class UNICAdapterPipeline(EditPipelineMixin, DiffusionPipeline):
             raise ValueError("pass `negative_prompt` or `negative_prompt_embeds`, not both.")
         null, null_pooled = self.text_states([negative_prompt or ""], negative_prompt_embeds, negative_pooled_prompt_embeds,
                                              "negative_prompt_embeds", max_sequence_length, 1)
-        control_latents = vae_encode_scaled(self.vae, pixels, sample_condition, generator if isinstance(generator, torch.Generator) else None)
+        # the official pipeline draws the posterior sample from torch's global RNG, not the call's generator
+        condition_generator = generator if isinstance(generator, torch.Generator) and not official else None
+        control_latents = vae_encode_scaled(self.vae, pixels, sample_condition, condition_generator)
         cond = build_conditioning(text, pooled, instr, pooled_instr, null, null_pooled, control_latents, dtype)
         cond = cond.repeat_interleave(num_images_per_prompt)
         self._scales = scales = {"guidance_scale": s_p, "image_guidance_scale": s_c}

@@ -184,8 +184,11 @@ def test_converted_official_checkpoint_samples_the_official_way_by_default(pipe,
     lengths = []
     encode = pipe.encode_text
     monkeypatch.setattr(pipe, "encode_text", lambda prompts, n: lengths.append(n) or encode(prompts, n))
-    run = lambda **k: pipe("a blue square", image=cond, task="depth", num_inference_steps=2, output_type="pt",  # noqa: E731
-                           generator=torch.Generator().manual_seed(0), **k).images
+    def run(**k):
+        torch.manual_seed(1)  # the official posterior sample comes from torch's global RNG
+        return pipe("a blue square", image=cond, task="depth", num_inference_steps=2, output_type="pt",
+                    generator=torch.Generator().manual_seed(0), **k).images
+
     editkit_default = run()
     assert set(lengths) == {pipe.default_max_sequence_length()}
     pipe.transformer.register_to_config(official_sampling=True)

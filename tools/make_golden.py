@@ -39,6 +39,18 @@ from) is `diffusers.models.controlnets.controlnet` in the pinned diffusers; an a
 downloads it), the adapter saved as the official `.pth` (the model's keys that SD3 does not have,
 which the official app loads on top of SD3's), and the official forward at control scales 0, 0.5, 1.
 
+UNIC-Adapter sampling (the same commit; after the unic fixture, whose checkpoint it reads):
+
+    git -C UNIC-Adapter archive 1c8462d models | tar -x -C /tmp/unic_official
+    python tools/make_golden.py unic_sampling --official /tmp/unic_official/models
+
+The official `StableDiffusion3Pipeline` (models/pipeline_sd3.py) runs unchanged, with the adapter model loaded
+as infer.py loads it (the base's state dict updated with the adapter's, strict) and the condition image
+prepared as infer.py prepares it (Resize, ToTensor, Normalize 0.5). The other parts are a tiny SD3 stack
+(CLIP-L/G and T5 at width 16/32 with a byte-level CLIP tokenizer, a 2-level VAE with SD3's scaling and shift,
+FlowMatchEulerDiscreteScheduler(shift=3)), every parameter re-drawn, and saved next to the result in
+sd3_pipeline/. The same zero_module alias as above; nothing else changed.
+
 PromptFix (github.com/yeates/PromptFix, commit 5c8a34db6a38b865a28ec194b1c1765b910cf102):
 
     git -C PromptFix archive 5c8a34d stable_diffusion/ldm | tar -x -C /tmp/promptfix_official
@@ -265,6 +277,69 @@ def make_unic(official: Path, out: Path) -> None:
     print(f"wrote {out}: {len(adapter)} adapter tensors, output {tuple(outputs[1.0].shape)}")
 
 
+UNIC_SAMPLING = {"prompt": "a red square on a blue background", "instruct_prompt": "Generate an image from the canny edges.",
+                 "num_inference_steps": 4, "guidance_scale": 7.0, "prompt_guidance": 4.0, "image_instruction_guidance": 1.5,
+                 "height": 32, "width": 32}
+UNIC_SEEDS = (2024, 7)  # the call's generator (initial latents), torch's global seed (the condition's posterior sample)
+
+
+def unic_condition_image(seed: int = 6) -> torch.Tensor:
+    """A smooth 32 x 32 RGB image, uint8 (H, W, 3), as read from a file."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(32, 32), mode="bilinear", align_corners=False)
+    return (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8)
+
+
+def make_unic_sampling(official: Path, out: Path) -> None:
+    """The official StableDiffusion3Pipeline (models/pipeline_sd3.py) with the unic fixture's adapter model, loaded as
+    infer.py loads it, on a tiny SD3 pipeline; its parts (all but the transformer) are saved with the result."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from diffusers.models.controlnets import controlnet
+    from torchvision import transforms
+
+    from editkit.testing import tiny_vae
+    from editkit.testing.unic import tiny_sd3_text_stack
+
+    sys.path.insert(0, str(official.parent))
+    alias = types.ModuleType("diffusers.models.controlnet")
+    alias.zero_module = controlnet.zero_module
+    sys.modules.setdefault("diffusers.models.controlnet", alias)
+    transformer_module = __import__(f"{official.name}.transformer_sd3", fromlist=["SD3Transformer2DModelControl"])
+    pipeline_module = __import__(f"{official.name}.pipeline_sd3", fromlist=["StableDiffusion3Pipeline"])
+
+    model_sd = SD3Transformer2DModel.from_pretrained(out / "sd3_transformer").state_dict()  # infer.py: base | adapter
+    model_sd.update(torch.load(out / "sd3_adapter.pth", weights_only=True))
+    model = transformer_module.SD3Transformer2DModelControl(**UNIC_TINY)
+    model.load_state_dict(model_sd, strict=True)
+    parts = {**tiny_sd3_text_stack(seed=11), "vae": tiny_vae(seed=12), "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0)}
+    parts["vae"].register_to_config(shift_factor=0.0609, scaling_factor=1.5305)
+    for part in parts.values():
+        if isinstance(part, torch.nn.Module):
+            redraw_(part, seed=13)
+    pipe = pipeline_module.StableDiffusion3Pipeline(transformer=model.eval(), **parts)
+    pipe.set_progress_bar_config(disable=True)
+    image = unic_condition_image()
+    # infer.py's load_prompt_image_instruction: Resize to the output size, ToTensor, Normalize(0.5, 0.5)
+    resize = transforms.Resize((UNIC_SAMPLING["height"], UNIC_SAMPLING["width"]))
+    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+    from PIL import Image
+
+    instruct_image = to_tensor(resize(Image.fromarray(image.numpy())))
+    results = {}
+    for output_type in ("latent", "pt"):
+        torch.manual_seed(UNIC_SEEDS[1])
+        generator = torch.Generator().manual_seed(UNIC_SEEDS[0])
+        with torch.no_grad():
+            results[output_type] = pipe(**UNIC_SAMPLING, instruct_image=instruct_image, generator=generator,
+                                        output_type=output_type).images
+    folder = out / "sd3_pipeline"
+    for name, part in parts.items():
+        part.save_pretrained(folder / name)
+    torch.save({"image": image, **UNIC_SAMPLING, "seeds": UNIC_SEEDS, "latents": results["latent"], "output": results["pt"],
+                "commit": UNIC_COMMIT}, out / "sampling.pt")
+    print(f"wrote {out / 'sampling.pt'} and {folder}")
+
+
 PROMPTFIX_COMMIT = "5c8a34db6a38b865a28ec194b1c1765b910cf102"
 PROMPTFIX_UNET = dict(image_size=8, in_channels=8, out_channels=4, model_channels=32, attention_resolutions=[1, 2],
                       num_res_blocks=1, channel_mult=[1, 2], num_heads=2, use_spatial_transformer=True,
@@ -487,7 +562,7 @@ def make_dream(official: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", choices=("pixwizard", "unic", "promptfix", "promptfix_sampling", "dream"))
+    parser.add_argument("method", choices=("pixwizard", "unic", "unic_sampling", "promptfix", "promptfix_sampling", "dream"))
     parser.add_argument("--official", type=Path, required=True, help="folder of the official `models` package")
     parser.add_argument("--deps", type=Path, default=None, help="folder with the official code's extra packages")
     parser.add_argument("--out", type=Path, default=None, help="default: tests/fixtures/<method>_official")
@@ -499,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         make_pixwizard(args.official.resolve(), args.deps.resolve(), out)
     elif args.method == "unic":
         make_unic(args.official.resolve(), out)
+    elif args.method == "unic_sampling":
+        make_unic_sampling(args.official.resolve(), FIXTURES / "unic_official" if args.out is None else out)
     elif args.method == "dream":
         make_dream(args.official.resolve(), out)
     elif args.method == "promptfix_sampling":
