@@ -121,7 +121,8 @@ def encode_llm_text(tokenizer, text_encoder, prompts: list[str], device: torch.d
                     max_length: int = LLM_MAX_LENGTH, add_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The LLM's penultimate hidden states (B, L, D) and mask (B, L); right padding to a multiple of 8.
 
-    The tokenizer adds its own BOS; `add_eos` appends EOS (the official sampling behaviour)."""
+    The tokenizer adds its own BOS; `add_eos` appends EOS (editkit's models are trained so; the official code
+    never does: its `from_pretrained(..., add_eos=True)` is not a Gemma tokenizer argument and is ignored)."""
     model = getattr(text_encoder, "module", text_encoder)
     device = device if device is not None else model.device
     ids = tokenizer(prompts, add_special_tokens=True, truncation=True, max_length=max_length - int(add_eos)).input_ids
@@ -144,13 +145,18 @@ def encode_clip_pooled(tokenizer, text_encoder, prompts: list[str], device: torc
     return text_encoder(tokens.input_ids.to(device)).text_embeds.to(model.dtype)
 
 
-def clip_image_tokens(image_encoder, pixels: torch.Tensor) -> torch.Tensor:
+def clip_image_tokens(image_encoder, pixels: torch.Tensor, official_resize: bool = False) -> torch.Tensor:
     """CLIP vision last hidden state without CLS (B, N, D) for pixels in [-1, 1].
 
-    As in PixWizard the image is squashed to the encoder's square input (bicubic), ignoring the aspect ratio."""
+    As in PixWizard the image is squashed to the encoder's square input (bicubic), ignoring the aspect ratio:
+    antialiased and clamped (editkit's models are trained so), or `official_resize`: the official
+    `FrozenCLIPEmbedder_Image` resize (kornia bicubic, align_corners=True, no antialias, no clamp)."""
     size = image_encoder.config.image_size
     x = (pixels.float() + 1) / 2
-    x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    if official_resize:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=True)
+    else:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
     mean = torch.tensor(OPENAI_CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_CLIP_STD, device=x.device).view(1, 3, 1, 1)
     x = ((x - mean) / std).to(device=image_encoder.device, dtype=image_encoder.dtype)
@@ -263,14 +269,18 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
         n = len(prompts)
         return states[:n], mask[:n], pooled[:n], states[n:], mask[n:], pooled[n:]
 
+    def resolve_add_eos(self, add_eos: bool | None) -> bool:
+        """None: append EOS for editkit's models (trained with it), not for a converted official checkpoint."""
+        return not getattr(self.transformer.config, "official_sampling", False) if add_eos is None else bool(add_eos)
+
     def encode_prompt(self, prompt: str | list[str], negative_prompt: str | list[str] | None = None,
-                      add_eos: bool = True) -> dict[str, torch.Tensor]:
+                      add_eos: bool | None = None) -> dict[str, torch.Tensor]:
         """The call's precomputed text inputs, as keyword arguments: `prompt_embeds`, `prompt_attention_mask`,
         `pooled_prompt_embeds` and their `negative_` twins (prompts and nulls padded to one length, as the
         text path does). Text-to-image prompts need the "Text to image generation: " prefix here."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         negatives = broadcast_negatives(negative_prompt, len(prompts))
-        parts = self.encode_prompts(prompts, negatives, add_eos)
+        parts = self.encode_prompts(prompts, negatives, self.resolve_add_eos(add_eos))
         return dict(zip(EMBED_NAMES, parts))
 
     def prompt_states(self, prompts: list[str], negatives: list[str], add_eos: bool,
@@ -331,7 +341,7 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
         official_cfg_channels: bool | None = None,
         token_selection: str | None = None,
         proportional_attention: bool = True,
-        add_eos: bool = True,
+        add_eos: bool | None = None,
         sample_condition: bool | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
@@ -365,7 +375,9 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
                 default: the transformer config's `official_sampling`.
             token_selection: "topk" (deterministic, default) or "gumbel" (the official random draw, seeded by `generator`).
             proportional_attention: scale self-attention by log_base(seq len) with base = the bucket centre's token count.
-            add_eos: append EOS to the LLM tokens (the official sampling tokenisation).
+            add_eos: append EOS to the LLM tokens. None: yes for editkit's models (trained so), no for a converted
+                official checkpoint (the official tokenizer call's `add_eos=True` is ignored by Gemma's tokenizer:
+                it takes `add_eos_token`, so the official code never appends EOS).
             sample_condition: encode the source with a posterior sample (official) instead of the mode; default:
                 the transformer config's `official_sampling`.
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may return a dict replacing "latents".
@@ -431,10 +443,10 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
                   "pooled_prompt_embeds": pooled_prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds,
                   "negative_prompt_attention_mask": negative_prompt_attention_mask,
                   "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds}
-        text, text_mask, pooled, null_text, null_mask, null_pooled = self.prompt_states(prompts, negatives, add_eos, embeds)
+        text, text_mask, pooled, null_text, null_mask, null_pooled = self.prompt_states(prompts, negatives, self.resolve_add_eos(add_eos), embeds)
         cond_generator = generator[0] if isinstance(generator, list) else generator
         image_latents = vae_encode_scaled(self.vae, pixels.to(device), sample_condition, cond_generator)
-        image_embeds = clip_image_tokens(self.image_encoder, pixels.to(device))
+        image_embeds = clip_image_tokens(self.image_encoder, pixels.to(device), official_resize=official)
         reps = num_images_per_prompt
         batch = len(prompts) * reps
         shape = (batch, self.transformer.config.in_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)

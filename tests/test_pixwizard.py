@@ -228,11 +228,33 @@ def test_null_branch_uses_initial_noise_and_official_channels(pipe):
         default = pipe("segment the square", _image(), latents=noise.clone(), **gen).images
         gen = dict(kw, generator=torch.Generator().manual_seed(1))
         explicit = pipe("segment the square", _image(), latents=noise.clone(), official_cfg_channels=True,
-                        sample_condition=True, **gen).images
+                        sample_condition=True, add_eos=False, **gen).images
         torch.testing.assert_close(default, explicit, rtol=0, atol=0)
         assert (default - official).abs().max() > 1e-4  # the posterior sample changes the condition
+        official_tokens = int(pipe.encode_prompt("segment the square")["prompt_attention_mask"].sum())
     finally:
         pipe.transformer.register_to_config(official_sampling=False)
+    # no EOS for an official checkpoint (the official code never appends one), EOS for editkit's models
+    assert int(pipe.encode_prompt("segment the square")["prompt_attention_mask"].sum()) == official_tokens + 1
+
+
+def test_the_official_add_eos_argument_is_ignored_by_gemmas_tokenizer(tmp_path):
+    """sample_pixwizard.py loads its tokenizer with `AutoTokenizer.from_pretrained(path, add_eos=True)`. Gemma's
+    tokenizer takes `add_eos_token`; `add_eos` is swallowed as an unknown keyword, so no EOS is appended. The
+    official-checkpoint default (`add_eos` off) rests on this; the test pins it on the installed transformers."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, GemmaTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate("abcdefgh")}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    GemmaTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                       unk_token="<unk>").save_pretrained(tmp_path)
+    plain = AutoTokenizer.from_pretrained(tmp_path)("abc").input_ids
+    official = AutoTokenizer.from_pretrained(tmp_path, add_eos=True)("abc").input_ids
+    with_eos = AutoTokenizer.from_pretrained(tmp_path, add_eos_token=True)("abc").input_ids
+    assert official == plain and plain[-1] != 1
+    assert with_eos == plain + [1]
 
 
 # -- converter --------------------------------------------------------------------------
