@@ -444,17 +444,18 @@ class PixWizardPipeline(EditPipelineMixin, DiffusionPipeline):
                   "negative_prompt_attention_mask": negative_prompt_attention_mask,
                   "negative_pooled_prompt_embeds": negative_pooled_prompt_embeds}
         text, text_mask, pooled, null_text, null_mask, null_pooled = self.prompt_states(prompts, negatives, self.resolve_add_eos(add_eos), embeds)
-        cond_generator = generator[0] if isinstance(generator, list) else generator
-        image_latents = vae_encode_scaled(self.vae, pixels.to(device), sample_condition, cond_generator)
-        image_embeds = clip_image_tokens(self.image_encoder, pixels.to(device), official_resize=official)
         reps = num_images_per_prompt
         batch = len(prompts) * reps
         shape = (batch, self.transformer.config.in_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
+        # the starting noise first, then the condition's posterior sample: the official draw order
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape}.")
         latents = latents.to(device=device, dtype=dtype)
+        cond_generator = generator[0] if isinstance(generator, list) else generator
+        image_latents = vae_encode_scaled(self.vae, pixels.to(device), sample_condition, cond_generator)
+        image_embeds = clip_image_tokens(self.image_encoder, pixels.to(device), official_resize=official)
         rep = lambda x: x.repeat_interleave(reps, dim=0)  # noqa: E731
         # the null branch's VAE slot is the sampler's own starting noise
         cond = build_conditioning(rep(text), rep(text_mask), rep(pooled), rep(null_text), rep(null_mask), rep(null_pooled),

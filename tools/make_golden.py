@@ -28,6 +28,24 @@ What had to change to run it on CPU, in words:
     (hard top-k of softmax(logits / tau), straight-through), i.e. the deterministic top-k that
     editkit's `token_selection="topk"` computes. Nothing else in the official model is touched.
 
+PixWizard sampling (the same commit; after the pixwizard fixture, whose checkpoint it reads):
+
+    git -C PixWizard archive cb39454 models transport | tar -x -C /tmp/pixwizard_full
+    git -C PixWizard show cb39454:sample_pixwizard.py > /tmp/pixwizard_full/sample_pixwizard.py
+    pip install --no-deps --target /tmp/golden_deps torchdiffeq
+    python tools/make_golden.py pixwizard_sampling --official /tmp/pixwizard_full/models --deps /tmp/golden_deps
+
+It runs sample_pixwizard.py's loop body for one image with its defaults (Linear path, velocity, Euler through
+`transport.Sampler.sample_ode`, time shift 1, proportional attention with base_seqlen from the 512 bucket
+found by its own `find_closest_size`), the official Gumbel token draw kept, `torch.random.manual_seed(25)`,
+5 grid points, scales 4.0 / 1.5. What had to change, besides the model patches above (without the
+deterministic token draw): the script needs CUDA, Gemma, CLIP and its data, so its `resolution2scale` table
+and `find_closest_size` are parsed out of the file and run, and the loop body is repeated with CPU tensors;
+the Gemma / CLIP text states and the CLIP image tokens are fixed random tensors (the encoders are separate
+fixtures; a 1024-wide CLIP tower would be tens of MB); the VAE is a tiny 8x-down diffusers AutoencoderKL, as
+the script assumes 8x (saved in vae/). `Tensor.cuda` returns the tensor during sampling too (the RoPE table
+is rebuilt each step).
+
 UNIC-Adapter (github.com/AIDC-AI/UNIC-Adapter, commit 1c8462d0c2e01f9117417b9cccf4c559fc956869):
 
     git -C UNIC-Adapter archive 1c8462d models | tar -x -C /tmp/unic_official
@@ -112,6 +130,7 @@ a plain fp32 dict in `consolidated_ema.00-of-01.pth`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import tempfile
@@ -195,7 +214,8 @@ def pixwizard_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def make_pixwizard(official: Path, deps: Path, out: Path) -> None:
+def _official_pixwizard(official: Path, deps: Path, deterministic_tokens: bool) -> torch.nn.Module:
+    """The official PixWizard model class built tiny on the CPU (the patches are described in the module docstring)."""
     sys.path[:0] = [str(deps), str(official.parent)]
     _stand_ins()
     import torch.distributed as dist
@@ -208,14 +228,26 @@ def make_pixwizard(official: Path, deps: Path, out: Path) -> None:
     fs_init.initialize_model_parallel(1)
     package = official.name
     model_module = __import__(f"{package}.model", fromlist=["PixWizard"])
-    model_module.MultiHot_Gumbel_Softmax = _deterministic_multi_hot
+    if deterministic_tokens:
+        model_module.MultiHot_Gumbel_Softmax = _deterministic_multi_hot
     model_module.F = _functional_with_gqa()
+    with _cuda_is_cpu():
+        return model_module.PixWizard(**PIXWIZARD_TINY).eval()
+
+
+@contextlib.contextmanager
+def _cuda_is_cpu():
+    """`Tensor.cuda` returns the tensor unchanged (the official RoPE tables call it; the values stay the same)."""
     cuda = torch.Tensor.cuda
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
     try:
-        model = model_module.PixWizard(**PIXWIZARD_TINY).eval()
+        yield
     finally:
         torch.Tensor.cuda = cuda
+
+
+def make_pixwizard(official: Path, deps: Path, out: Path) -> None:
+    model = _official_pixwizard(official, deps, deterministic_tokens=True)
     redraw_(model, seed=1)
     x = pixwizard_inputs()
     with torch.no_grad():
@@ -227,6 +259,78 @@ def make_pixwizard(official: Path, deps: Path, out: Path) -> None:
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / "consolidated_ema.00-of-01.pth")
     torch.save({**x, "output": output.clone(), "commit": PIXWIZARD_COMMIT, "config": PIXWIZARD_TINY}, out / "io.pt")
     print(f"wrote {out}: {sum(v.numel() for v in model.state_dict().values())} parameters, output {tuple(output.shape)}")
+
+
+PIXWIZARD_SAMPLING = {"num_sampling_steps": 5, "text_cfg_scale": 4.0, "image_cfg_scale": 1.5, "seed": 25, "resolution": 512}
+PIXWIZARD_VAE = dict(block_out_channels=(8, 16, 16, 16), norm_num_groups=8)  # 8x down, as sample_pixwizard.py assumes
+
+
+def pixwizard_sampling_inputs(seed: int = 9) -> dict[str, torch.Tensor]:
+    """A 64 x 64 RGB image (uint8; the sampler resizes it to the 512 x 512 bucket), Gemma-like states for the
+    prompt and the two empty prompts (one padded length, masks), pooled CLIP text, and CLIP image tokens."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, 8, 8, generator=g)
+    image = torch.nn.functional.interpolate(low, size=(64, 64), mode="bilinear", align_corners=False)
+    null = torch.randn(1, 8, 24, generator=g)
+    return {
+        "image": (image[0].permute(1, 2, 0) * 255).round().to(torch.uint8),
+        "cap_feats": torch.cat([torch.randn(1, 8, 24, generator=g), null, null]),
+        "cap_mask": torch.tensor([[1] * 6 + [0] * 2, [1] * 2 + [0] * 6, [1] * 2 + [0] * 6]),
+        "cap_pooled_feats": torch.cat([torch.randn(1, 20, generator=g), torch.randn(1, 20, generator=g).repeat(2, 1)]),
+        "input_clip_x": torch.randn(1, 9, 1024, generator=g),
+    }
+
+
+def make_pixwizard_sampling(official: Path, deps: Path, out: Path) -> None:
+    """sample_pixwizard.py's loop for one image on the pixwizard fixture's checkpoint, its Gumbel token draw kept."""
+    import ast
+
+    from PIL import Image
+    from torchvision import transforms
+
+    from editkit.testing import tiny_vae
+
+    model = _official_pixwizard(official, deps, deterministic_tokens=False)
+    model.load_state_dict(torch.load(out / "consolidated_ema.00-of-01.pth", weights_only=True), strict=True)
+    from transport import Sampler, create_transport
+
+    script = official.parent / "sample_pixwizard.py"
+    names: dict = {}
+    body = [n for n in ast.parse(script.read_text()).body
+            if (isinstance(n, ast.Assign) and n.targets[0].id == "resolution2scale")
+            or (isinstance(n, ast.FunctionDef) and n.name == "find_closest_size")]
+    exec(compile(ast.Module(body, type_ignores=[]), str(script), "exec"), names)
+    vae = tiny_vae(**PIXWIZARD_VAE, seed=14)
+    redraw_(vae, seed=15)
+    vae.register_to_config(scaling_factor=0.18215)  # the script's factor for a non-SDXL VAE
+    x = pixwizard_sampling_inputs()
+    args = PIXWIZARD_SAMPLING
+    image_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5] * 3, std=[0.5] * 3, inplace=True)])
+    with torch.no_grad(), _cuda_is_cpu():  # the script's loop body for one image, fp32 on the CPU (euler, Linear, velocity)
+        transport = create_transport("Linear", "velocity", None, None, None)
+        sample_fn = Sampler(transport).sample_ode(sampling_method="euler", num_steps=args["num_sampling_steps"], atol=1e-6,
+                                                  rtol=1e-3, reverse=False, time_shifting_factor=1.0)
+        torch.random.manual_seed(args["seed"])
+        inp_img = Image.fromarray(x["image"].numpy())
+        w_gt, h_gt = inp_img.size
+        _, (w, h), res_cat = names["find_closest_size"](names["resolution2scale"][args["resolution"]], w_gt / h_gt)
+        z_1 = torch.randn([1, 4, h // 8, w // 8])
+        z = z_1.repeat(3, 1, 1, 1)
+        inp = image_transform(inp_img.resize((w, h), resample=Image.LANCZOS))
+        input_clip_x = torch.cat((x["input_clip_x"], x["input_clip_x"], torch.zeros_like(x["input_clip_x"])), dim=0)
+        input_x = vae.encode(inp[None]).latent_dist.sample().mul_(0.18215)
+        input_x = torch.cat((input_x, input_x, z_1), dim=0)
+        model_kwargs = dict(input_x=input_x, input_clip_x=input_clip_x, cap_feats=x["cap_feats"], cap_mask=x["cap_mask"],
+                            cap_pooled_feats=x["cap_pooled_feats"], text_cfg_scale=args["text_cfg_scale"],
+                            image_cfg_scale=args["image_cfg_scale"], proportional_attn=True, base_seqlen=(res_cat // 16) ** 2,
+                            scale_factor=1.0, scale_watershed=1.0)
+        samples = sample_fn(z, model.forward_with_cfg, **model_kwargs)[-1][:1]
+        image = ((vae.decode(samples / 0.18215).sample + 1.0) / 2.0).clamp(0.0, 1.0)
+    vae.save_pretrained(out / "vae")
+    # the decoded image's top-left 64 x 64 corner only (the whole 512 x 512 image is 3 MB)
+    torch.save({**x, **args, "size": (w, h), "latents": samples.clone(), "output_corner": image[..., :64, :64].clone(), "commit": PIXWIZARD_COMMIT},
+               out / "sampling.pt")
+    print(f"wrote {out / 'sampling.pt'}: bucket {w}x{h}, base_seqlen {(res_cat // 16) ** 2}")
 
 
 UNIC_TINY = dict(sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=64,  # RoPE axes 32 + 32
@@ -562,7 +666,7 @@ def make_dream(official: Path, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", choices=("pixwizard", "unic", "unic_sampling", "promptfix", "promptfix_sampling", "dream"))
+    parser.add_argument("method", choices=("pixwizard", "pixwizard_sampling", "unic", "unic_sampling", "promptfix", "promptfix_sampling", "dream"))
     parser.add_argument("--official", type=Path, required=True, help="folder of the official `models` package")
     parser.add_argument("--deps", type=Path, default=None, help="folder with the official code's extra packages")
     parser.add_argument("--out", type=Path, default=None, help="default: tests/fixtures/<method>_official")
@@ -572,6 +676,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.deps is None:
             parser.error("pixwizard needs --deps (the folder fairscale was installed to)")
         make_pixwizard(args.official.resolve(), args.deps.resolve(), out)
+    elif args.method == "pixwizard_sampling":
+        if args.deps is None:
+            parser.error("pixwizard_sampling needs --deps (fairscale and torchdiffeq)")
+        make_pixwizard_sampling(args.official.resolve(), args.deps.resolve(), FIXTURES / "pixwizard_official" if args.out is None else out)
     elif args.method == "unic":
         make_unic(args.official.resolve(), out)
     elif args.method == "unic_sampling":

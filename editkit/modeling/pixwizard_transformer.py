@@ -62,6 +62,20 @@ def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask
     return out.transpose(1, 2)
 
 
+def official_gumbel_noise(num_layers: int, has_image: torch.Tensor, n_tokens: int,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gumbel draws (num_layers, B, N) made as the official MultiHot_Gumbel_Softmax makes them, in its order:
+    -log(Exp(1)), one row per layer and per sample that has image tokens (image-free samples draw nothing), so
+    a generator seeded like the official run's global seed gives the official selection."""
+    device = generator.device if generator is not None else "cpu"
+    noise = torch.zeros(num_layers, has_image.numel(), n_tokens, device=device)
+    rows = has_image.nonzero().flatten().tolist()
+    for layer in range(num_layers):
+        for row in rows:
+            noise[layer, row] = -torch.empty(n_tokens, device=device).exponential_(generator=generator).log()
+    return noise
+
+
 class TaskAwareTokenSampler(nn.Module):
     """Scores CLIP image tokens given the task and keeps the `k` best (PixWizard §3.2).
 
@@ -347,9 +361,8 @@ class PixWizardTransformer2DModel(ModelMixin, ConfigMixin):
         b, _, h, w = hidden_states.shape
         n_tokens = image_embeds.shape[1]
         if selection == "gumbel" and token_noise is None:
-            u = torch.rand((len(self.layers), b, n_tokens), generator=generator,
-                           device=generator.device if generator is not None else "cpu")
-            token_noise = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+            has_image = image_embeds.flatten(1).abs().amax(dim=1) > 0
+            token_noise = official_gumbel_noise(len(self.layers), has_image, n_tokens, generator)
         if token_noise is not None:
             if selection != "gumbel":
                 raise ValueError("`token_noise` is only used with token_selection='gumbel'.")
