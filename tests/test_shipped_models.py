@@ -62,3 +62,25 @@ def test_shipped_dream_uses_its_images(one_torch_thread):
     images, text_only = _with_and_without("dream", "combine", {"drop_images": True})
     assert images["psnr"] - text_only["psnr"] > DREAM_PSNR_GAIN, (images["psnr"], text_only["psnr"])
     assert images["background"] - text_only["background"] > DREAM_BACKGROUND_GAIN, (images["background"], text_only["background"])
+
+
+def test_make_edit_turns_the_purple_diamond_yellow(tmp_path, one_torch_thread):
+    """`make edit` (the README's first command) on the shipped default model, read back with the scene reader:
+    the diamond is yellow, still a diamond at its place, and the cyan square beside it is unchanged."""
+    from PIL import Image
+
+    from editkit.cli import main
+    from editkit.data.reader import read_scene
+
+    def box_iou(a, b) -> float:
+        inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+    source = "docs/examples/shapes.png"
+    assert main(["edit", source, "Turn the purple diamond yellow.", "-o", str(tmp_path / "edit.png")]) == 0
+    before = {(d.color, d.shape): d for d in read_scene(Image.open(source).convert("RGB"))}
+    after = {(d.color, d.shape): d for d in read_scene(Image.open(tmp_path / "edit.png").convert("RGB"))}
+    assert set(before) == {("purple", "diamond"), ("cyan", "square")}
+    assert set(after) == {("yellow", "diamond"), ("cyan", "square")}
+    assert box_iou(after["yellow", "diamond"].box, before["purple", "diamond"].box) >= 0.8
+    assert box_iou(after["cyan", "square"].box, before["cyan", "square"].box) >= 0.8
