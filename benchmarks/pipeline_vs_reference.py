@@ -116,7 +116,7 @@ def dream_pair(scale: str, size: int, steps: int) -> PairSetup:
     comps = testing.tiny_dream_components(seed=0)
     ours = mod.DreamEnginePipeline(**comps)
     tr = comps["transformer"]
-    stock = SD3Transformer2DModel(**{k: v for k, v in tr.config.items() if not k.startswith("_") and k != "adapter_hidden_dim"}).eval()
+    stock = SD3Transformer2DModel(**tr.sd3_config()).eval()
     stock.context_embedder, stock.time_text_embed.text_embedder = nn.Identity(), nn.Identity()
     stock.load_state_dict({k: v for k, v in tr.state_dict().items() if not k.startswith(("context_embedder.", "time_text_embed.text_embedder."))})
     ref = StableDiffusion3Pipeline(transformer=stock, scheduler=comps["scheduler"], vae=comps["vae"], text_encoder=None, tokenizer=None,

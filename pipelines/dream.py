@@ -52,6 +52,14 @@ DREAM_GUIDANCE = GuidanceRule(
 )
 
 TASKS = ("generate", "copy", "edit", "combine", "interleaved")
+# Dream Engine's `cfg_predict` pads cond and null to `max_length` (77 by default; text truncated, image prompts
+# not), except object fusion ("combine"), which pads both to the conditional prompt's own length
+OFFICIAL_MIN_LENGTH = 77
+
+
+def official_min_lengths(tasks: Sequence[str]) -> list[int]:
+    """The padding floor of each sample under the official default, for a converted checkpoint."""
+    return [0 if task == "combine" else OFFICIAL_MIN_LENGTH for task in tasks]
 
 
 TEXT_LENGTH = "text_length"  # a conditioning entry: each row's own text length (not a transformer input)
@@ -211,19 +219,37 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
 
     # -- conditioning ---------------------------------------------------------------
 
+    @property
+    def official_sampling(self) -> bool:
+        """A converted official checkpoint (transformer config `official_sampling`): sample as `cfg_predict`."""
+        return bool(getattr(self.transformer.config, "official_sampling", False))
+
     def encode_conditioning(self, conds: Sequence[DreamPrompt], nulls: Sequence[DreamPrompt], vit_ratio: float | None = None,
-                            max_sequence_length: int | None = None) -> Conditioning:
-        """Cond and null prompts in one LMM call, so both are padded to the longer of the two."""
+                            max_sequence_length: int | None = None, min_lengths: Sequence[int] | None = None) -> Conditioning:
+        """Cond and null prompts in one LMM call, so both are padded to the longer of the two (and to at least
+        `min_lengths[i]` for sample i, text-only prompts truncated to it: the official padding)."""
+        floors = None if min_lengths is None else [int(m) for m in min_lengths] * 2
         with torch.no_grad():
             states, inputs = encode_prompts(self.lmm, self.processor, list(conds) + list(nulls), vit_ratio=vit_ratio,
-                                            max_sequence_length=max_sequence_length, device=self._execution_device)
+                                            max_sequence_length=max_sequence_length, min_lengths=floors,
+                                            device=self._execution_device)
         n = len(conds)
         # each sample alone pads its prompt and null to the longer of the two (the official single-prompt run);
         # a right-padded causal LMM gives the same states there, so cutting each sample to that length makes it
         # independent of the rest of the batch
-        tokens = inputs["attention_mask"].sum(dim=1)
-        lengths = torch.full((n,), states.shape[1]) if max_sequence_length else torch.maximum(tokens[:n], tokens[n:]).cpu()
+        tokens = inputs["attention_mask"].sum(dim=1).cpu()
+        lengths = torch.maximum(tokens[:n], tokens[n:])
+        if min_lengths is not None:
+            lengths = torch.maximum(lengths, torch.tensor(floors[:n]))
+        if max_sequence_length:
+            lengths = torch.full((n,), states.shape[1])
         return build_conditioning(states[:n], states[n:], self.transformer.dtype, lengths.to(states.device))
+
+    def padding_floors(self, routed: Sequence[tuple], max_sequence_length: int | None) -> list[int] | None:
+        """Per-sample padding floors: the official ones for a converted checkpoint without `max_sequence_length`."""
+        if self.official_sampling and max_sequence_length is None:
+            return official_min_lengths([task for task, _, _ in routed])
+        return None
 
     def route_prompts(self, prompt: Any, image: Any, references: Any, objects: Any, task: str | None, official_null: bool,
                       negative_prompt: str | list[str] | None = None) -> tuple[list, PIL.Image.Image | None]:
@@ -246,13 +272,15 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         return routed, first
 
     def encode_prompt(self, prompt: Any, image: Any = None, references: Any = None, objects: Any = None, task: str | None = None,
-                      negative_prompt: str | list[str] | None = None, official_null: bool = False,
+                      negative_prompt: str | list[str] | None = None, official_null: bool | None = None,
                       vit_ratio: float | None = None, max_sequence_length: int | None = None) -> dict[str, torch.Tensor]:
         """LMM states of the prompts and their nulls (routed as the call routes them), padded to one length:
         what `prompt_embeds` / `negative_prompt_embeds` take. With one prompt (or prompts of one length) the
         call gives the text path's result; each of a mixed batch is pooled over the whole padded length."""
+        official_null = self.official_sampling if official_null is None else official_null
         routed, _ = self.route_prompts(prompt, image, references, objects, task, official_null, negative_prompt)
-        cond = self.encode_conditioning([c for _, c, _ in routed], [n for _, _, n in routed], vit_ratio, max_sequence_length)
+        cond = self.encode_conditioning([c for _, c, _ in routed], [n for _, _, n in routed], vit_ratio, max_sequence_length,
+                                        self.padding_floors(routed, max_sequence_length))
         states = cond["encoder_hidden_states"]
         return {"prompt_embeds": states.value, "negative_prompt_embeds": states.null}
 
@@ -295,7 +323,7 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         width: int | None = None,
         max_side: int | None | str = "auto",
         max_sequence_length: int | None = None,
-        official_null: bool = False,
+        official_null: bool | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -330,10 +358,12 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
             max_side: without height/width, the long side of the working size is scaled
                 down to at most this (the output stays at the input's size); "auto": the size the
                 model was trained at (`trained_side`); None: the input's own size.
-            max_sequence_length: pad every prompt to this length (Dream Engine
-                parity; an error if a prompt is longer). None: the longest prompt.
-            official_null: Dream Engine's own null strings (edit: no trailing
-                space; interleaved: the text with the images dropped).
+            max_sequence_length: pad every prompt to this length (an error if a prompt is longer). None:
+                each sample's prompt and null to the longer of the two; for a converted official checkpoint
+                (transformer config `official_sampling`) as Dream Engine's `cfg_predict`: to at least 77
+                tokens, a text-only prompt truncated to 77, object fusion to its own length.
+            official_null: Dream Engine's own null strings (edit: no trailing space; interleaved: the
+                text with the images dropped). None: the transformer config's `official_sampling`.
             num_images_per_prompt, generator, latents, output_type: as in diffusers.
             callback_on_step_end: `fn(pipe, step, timestep, callback_kwargs)`; may return new "latents".
             guidance_interval: (start, end) fractions of the run; only those steps are guided, the others
@@ -359,8 +389,10 @@ class DreamEnginePipeline(EditPipelineMixin, DiffusionPipeline):
         if prompt_embeds is not None or negative_prompt_embeds is not None:
             cond, first = self.given_conditioning(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, image, references)
         else:
+            official_null = self.official_sampling if official_null is None else official_null
             routed, first = self.route_prompts(prompt, image, references, objects, task, official_null, negative_prompt)
-            cond = self.encode_conditioning([c for _, c, _ in routed], [n for _, _, n in routed], vit_ratio, max_sequence_length)
+            cond = self.encode_conditioning([c for _, c, _ in routed], [n for _, _, n in routed], vit_ratio, max_sequence_length,
+                                            self.padding_floors(routed, max_sequence_length))
         size = first.size if first is not None else (self.default_size, self.default_size)
         if max_side == "auto":
             max_side = self.trained_side

@@ -51,7 +51,7 @@ def pipe(parts):
 
 
 def _stock_config(tr: DreamTransformer2DModel) -> dict:
-    return {k: v for k, v in tr.config.items() if not k.startswith("_") and k != "adapter_hidden_dim"}
+    return tr.sd3_config()
 
 
 def _dit_inputs(tr, n_tokens=11, batch=2):
@@ -404,8 +404,12 @@ def test_converter_round_trip_from_official_keys(parts, tmp_path):
     torch.save({k: official[k] for k in keys[: len(keys) // 2]}, tmp_path / "diffusion_pytorch_model-00001-of-00002.bin")
     torch.save({k: official[k] for k in keys[len(keys) // 2 :]}, tmp_path / "diffusion_pytorch_model-00002-of-00002.bin")
 
-    paths = convert_checkpoint(sorted(tmp_path.glob("*.bin")), tmp_path / "out")
+    paths = convert_checkpoint(sorted(tmp_path.glob("*.bin")), tmp_path / "out", sample_size=32, attention_head_dim=8)
     from safetensors.torch import load_file
+
+    written = DreamTransformer2DModel.load_config(tmp_path / "out" / "transformer")  # read off the weights' shapes
+    assert {k: written[k] for k in tr.sd3_config()} == {**tr.sd3_config(), "dual_attention_layers": []}
+    assert written["adapter_hidden_dim"] == 64 and written["official_sampling"] is True
 
     t_sd, l_sd = load_file(str(paths["transformer"])), load_file(str(paths["lmm"]))
     rebuilt = tiny_dream_transformer(seed=99)
@@ -444,8 +448,10 @@ def _release_folder_with_index(folder, official, keys):
         torch.save({k: official[k] for k in ks}, folder / name)
     weight_map = {k: name for name, ks in zip(names, halves) for k in ks}
     (folder / "diffusion_pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    assert main([str(folder), str(folder / "out")]) == 0
+    assert main([str(folder), str(folder / "out"), "--attention-head-dim", "8"]) == 0
     assert (folder / "out" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    with pytest.raises(ValueError, match="attention_head_dim"):  # this DiT has no qk norm: 32 wide, SD3's 64 cannot fit
+        main([str(folder), str(folder / "x")])
     with pytest.raises(ValueError, match="00002-of-00002.bin.*not"):
         main([str(folder / names[0]), str(folder / "x")])
     torch.save({k: official[k] for k in halves[1][1:]}, folder / names[1])

@@ -326,15 +326,13 @@ def dream_converted(tmp_path_factory):
     from editkit.testing.dream import tiny_qwen2_vl_image_processor
 
     folder, out = FIXTURES / "dream_official", tmp_path_factory.mktemp("dream")
-    assert main([str(folder / "diffusion_pytorch_model.bin"), str(out)]) == 0
+    # this DiT has no qk norm (SD3-Medium style), so its head width is given; the config is read off the weights
+    assert main([str(folder / "diffusion_pytorch_model.bin"), str(out), "--attention-head-dim", "8", "--sample-size", "32"]) == 0
     io = torch.load(folder / "io.pt", weights_only=True)
     lmm = Qwen2VLModel(Qwen2VLConfig.from_pretrained(folder / "qwen2_vl")).eval()
     lmm.load_state_dict(load_file(out / "lmm" / "model.safetensors"), strict=True)
-    transformer = DreamTransformer2DModel(sample_size=32, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
-                                          num_attention_heads=4, joint_attention_dim=32, caption_projection_dim=32,
-                                          pooled_projection_dim=32, out_channels=4, pos_embed_max_size=32, qk_norm=None,
-                                          adapter_hidden_dim=64).eval()
-    transformer.load_state_dict(load_file(out / "transformer" / "diffusion_pytorch_model.safetensors"), strict=True)
+    transformer = DreamTransformer2DModel.from_pretrained(out / "transformer").eval()
+    assert transformer.config.qk_norm is None and transformer.config.num_attention_heads == 4
     processor = Qwen2VLImageProcessorOnly(image_processor=tiny_qwen2_vl_image_processor(io["pixels"]),
                                           tokenizer=Qwen2TokenizerFast.from_pretrained(folder / "qwen2_vl"))
     return io, lmm, transformer, processor
@@ -382,3 +380,84 @@ def test_dream_golden_fixture_catches_wrong_positions_and_a_wrong_mapping(dream_
         finally:
             ctx.linear_1.weight.copy_(ctx.linear_1.weight.flip(0))
     assert relative_error(out, io["output"]) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def dream_sampling(tmp_path_factory):
+    """The official `cfg_predict` runs (tools/make_golden.py dream_sampling) and the release converted through
+    the CLI (two shards and their index), assembled into a pipeline folder and loaded with `from_pretrained`."""
+    import json
+    import shutil
+
+    from transformers import Qwen2TokenizerFast, Qwen2VLConfig
+
+    from editkit.convert.dream import main
+    from editkit.testing.dream import tiny_qwen2_vl_image_processor
+    from pipelines.dream import DreamEnginePipeline
+
+    folder, out = FIXTURES / "dream_official" / "sampling", tmp_path_factory.mktemp("dream_sampling")
+    assert main([str(folder), str(out)]) == 0
+    golden = torch.load(folder / "sampling.pt", weights_only=True)
+    Qwen2VLConfig.from_pretrained(FIXTURES / "dream_official" / "qwen2_vl").save_pretrained(out / "lmm")
+    Qwen2TokenizerFast.from_pretrained(FIXTURES / "dream_official" / "qwen2_vl").save_pretrained(out / "tokenizer")
+    processor = tiny_qwen2_vl_image_processor(golden["pixels"])
+    processor.save_pretrained(out / "image_processor")
+    shutil.copytree(folder / "vae", out / "vae")
+    index = {"_class_name": "DreamEnginePipeline", "image_processor": ["transformers", type(processor).__name__],
+             "lmm": ["transformers", "Qwen2VLModel"], "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+             "tokenizer": ["transformers", "Qwen2TokenizerFast"],
+             "transformer": ["editkit.modeling.dream_adapter", "DreamTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}
+    (out / "model_index.json").write_text(json.dumps(index))
+    pipe = DreamEnginePipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    return golden, pipe
+
+
+def _dream_call(pipe, golden: dict, case: dict, **overrides) -> torch.Tensor:
+    import PIL.Image
+
+    images = [PIL.Image.fromarray(a.numpy()) for a in golden["images"]]
+    s = golden["settings"]
+    kwargs = {"prompt": case.get("prompt")}
+    if "image" in case:
+        kwargs["image"] = images[case["image"]]
+    if case["name"] == "combine":
+        kwargs["objects"] = [(name, images[i]) for name, i in case["segments"]]
+    if case["name"] == "interleaved":
+        kwargs["prompt"] = [images[p] if isinstance(p, int) else p for p in case["segments"]]
+    if case["name"] == "copy":
+        kwargs["task"] = "copy"
+    return pipe(**kwargs, num_inference_steps=s["num_inference_steps"], guidance_scale=s["guidance_scale"], height=s["height"],
+                width=s["width"], max_side=None, generator=torch.Generator().manual_seed(s["seed"]), output_type="latent",
+                **overrides).images
+
+
+CASES = ("generate", "generate_long", "copy", "edit", "combine", "interleaved")
+
+
+def test_dream_converter_writes_the_official_config_read_off_the_weights(dream_sampling):
+    _, pipe = dream_sampling
+    c = pipe.transformer.config
+    assert (c.num_layers, c.num_attention_heads, c.attention_head_dim, c.qk_norm) == (2, 4, 8, "rms_norm")
+    assert (c.joint_attention_dim, c.caption_projection_dim, c.adapter_hidden_dim, c.pos_embed_max_size) == (32, 32, 64, 32)
+    assert c.official_sampling and pipe.scheduler.config.shift == 3.0
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_dream_converted_release_samples_like_the_official_cfg_predict(dream_sampling, name):
+    golden, pipe = dream_sampling
+    case = next(c for c in golden["cases"] if c["name"] == name)
+    latents = _dream_call(pipe, golden, case)
+    assert relative_error(latents, case["latents"]) <= 1e-4
+    if name == "edit":  # the decode too (the official: latents / 1.5305 + 0.0609, the VAE, postprocess)
+        image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor).sample
+        assert relative_error((image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1), case["output"]) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["generate", "edit", "interleaved"])
+def test_dream_sampling_fixture_catches_editkits_own_padding_and_nulls(dream_sampling, name):
+    golden, pipe = dream_sampling
+    case = next(c for c in golden["cases"] if c["name"] == name)
+    # editkit's own defaults: pad to the longer of the pair (49 tokens here), the training nulls
+    own = {"generate": {"max_sequence_length": 49}, "edit": {"official_null": False}, "interleaved": {"official_null": False}}[name]
+    assert relative_error(_dream_call(pipe, golden, case, **own), case["latents"]) > 1e-3

@@ -108,8 +108,17 @@ trained with (transformers 4.49, its vendored diffusers fork):
 
     git -C DreamEngine archive HEAD src/diffusers/src | tar -x -C /tmp/dream_official
     python -m venv /tmp/dream_env && /tmp/dream_env/bin/pip install torch==2.14.1 torchvision==0.29.1 \
-        transformers==4.49.0 "accelerate<1.5" peft==0.11.1 "huggingface_hub<0.30" safetensors sentencepiece
+        transformers==4.49.0 "accelerate<1.5" peft==0.11.1 "huggingface_hub<0.30" safetensors sentencepiece qwen-vl-utils
     PYTHONPATH=/tmp/dream_official/src/diffusers/src /tmp/dream_env/bin/python tools/make_golden.py dream --official /tmp/dream_official
+    PYTHONPATH=/tmp/dream_official/src/diffusers/src /tmp/dream_env/bin/python tools/make_golden.py dream_sampling --official /tmp/dream_official
+
+`dream_sampling` runs the release's own `QwenVLStableDiffusion3Pipeline.cfg_predict` unchanged (its
+`qwen_vl_utils.process_vision_info` included) on a second tiny composite, this one with SD3.5's rms qk norm,
+a tiny 4x AutoencoderKL with SD3's scaling and shift factors, and `FlowMatchEulerDiscreteScheduler(shift=3)`:
+one call per branch at its default `max_sequence_length` (77), guidance 3.5, 4 steps, 64 x 64, a generator
+seeded 136147 (the demo's seed), each call once for the latents and once decoded. A forward pre-hook only
+records the token length the DiT saw. Saved: the state dict as two shards and their index (as `train.py`'s
+`save_pretrained` writes them), the VAE, the input images, and per call its inputs, length and outputs.
 
 Nothing in the official code is changed; the fork is put on the path instead of installed (its setup.py
 needs a README the archive leaves out). The composite `QwenVLSD3_DirectMap_Transformer2DModel` is built tiny
@@ -617,11 +626,10 @@ def _dream_tokenizer():
     return tok
 
 
-def make_dream(official: Path, out: Path) -> None:
-    import numpy as np
+def _official_dream(seed: int, qk_norm: str | None = None):
+    """The official composite, tiny, every parameter re-drawn; (tokenizer, Qwen2-VL config, model)."""
     from diffusers.models.transformers.transformer_sd3 import QwenVLSD3_DirectMap_Transformer2DModel, SD3Transformer2DModel
-    from PIL import Image
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     tok = _dream_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
@@ -636,13 +644,27 @@ def make_dream(official: Path, out: Path) -> None:
     lmm = Qwen2VLForConditionalGeneration(config).eval()
     dit = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
                                 joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32, out_channels=4,
-                                pos_embed_max_size=32).eval()
+                                pos_embed_max_size=32, qk_norm=qk_norm).eval()
     model = QwenVLSD3_DirectMap_Transformer2DModel(lmm, dit, mlp_dim=64).eval()
-    redraw_(model, seed=3)
+    redraw_(model, seed=seed)
     with torch.no_grad():
         model.norm_lmm_out.weight.fill_(1.0)
+    return tok, config, model
+
+
+def _dream_processor(tok):
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+
     area = DREAM_PIXELS * DREAM_PIXELS
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=area, max_pixels=area), tokenizer=tok)
+    return Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=area, max_pixels=area), tokenizer=tok)
+
+
+def make_dream(official: Path, out: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    tok, config, model = _official_dream(seed=3)
+    processor = _dream_processor(tok)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (DREAM_PIXELS, DREAM_PIXELS, 3), dtype=np.uint8) for _ in DREAM_PROMPTS]
     inputs = processor(text=list(DREAM_PROMPTS), images=[Image.fromarray(a) for a in images], padding=True, return_tensors="pt")
@@ -664,9 +686,86 @@ def make_dream(official: Path, out: Path) -> None:
     print(f"wrote {out}: {len(state)} tensors, states {tuple(states.shape)}, output {tuple(output.shape)}")
 
 
+DREAM_SAMPLING = {"num_inference_steps": 4, "guidance_scale": 3.5, "height": 64, "width": 64, "seed": 136147}
+DREAM_LONG_PROMPT = "a small red square at the top left, a large blue circle at the bottom right, and a green triangle between them"
+
+
+def dream_sampling_cases(tok) -> list[dict]:
+    """One call per `cfg_predict` branch, each within what the official code runs without crashing; the
+    interleaved caption is sized so its prompt is exactly `max_sequence_length` (77) tokens, the only length at
+    which the official OBJ2I_V2 branch (cond padded to itself, null to 77) can concatenate its batch."""
+    tail = " on the grass."
+    text = "Generate Image: " + "A <|vision_start|><|image_pad|><|vision_end|> next to <|vision_start|><|image_pad|><|vision_end|>" + tail
+    length = len(tok(text)["input_ids"]) + 2 * (DREAM_PIXELS // 28) ** 2 - 2
+    assert length == 77, length
+    return [
+        {"name": "generate", "prompt": "a red square on a blue background"},
+        {"name": "generate_long", "prompt": DREAM_LONG_PROMPT},  # > 77 tokens: the official truncates it
+        {"name": "copy", "image": 0},
+        {"name": "edit", "prompt": "make it blue", "image": 0},
+        {"name": "combine", "prompt": "a cat wearing a hat", "segments": [["cat", 1], ["hat", 2]]},
+        {"name": "interleaved", "segments": ["A ", 1, " next to ", 2, tail]},
+    ]
+
+
+def _save_like_train_py(state: dict[str, torch.Tensor], out: Path) -> None:
+    """Two `.bin` shards and their index, as the release's `save_pretrained` wrote them."""
+    import json
+
+    keys = sorted(state)
+    names = [f"diffusion_pytorch_model-0000{i}-of-00002.bin" for i in (1, 2)]
+    halves = (keys[: len(keys) // 2], keys[len(keys) // 2 :])
+    for name, part in zip(names, halves):
+        torch.save({k: state[k] for k in part}, out / name)
+    weight_map = {k: name for name, part in zip(names, halves) for k in part}
+    size = sum(v.numel() * v.element_size() for v in state.values())
+    (out / "diffusion_pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map}, indent=2))
+
+
+def make_dream_sampling(official: Path, out: Path) -> None:
+    import numpy as np
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.stable_diffusion_3.pipeline_qwen_vl_stable_diffusion_3 import QwenVLStableDiffusion3Pipeline
+    from PIL import Image
+
+    tok, config, model = _official_dream(seed=5, qk_norm="rms_norm")  # SD3.5's qk norm: the converter reads heads off it
+    torch.manual_seed(8)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                        block_out_channels=(8, 16, 16), latent_channels=4, norm_num_groups=8, layers_per_block=1,
+                        scaling_factor=1.5305, shift_factor=0.0609).eval()
+    pipe = QwenVLStableDiffusion3Pipeline(transformer=model, processor=_dream_processor(tok),
+                                          scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae)
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 256, (DREAM_PIXELS, DREAM_PIXELS, 3), dtype=np.uint8) for _ in range(3)]
+    images = [Image.fromarray(a) for a in arrays]
+    cases = dream_sampling_cases(tok)
+    lengths: list[int] = []  # the token length each official DiT call saw (cond and null share it)
+    model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(kwargs["lmm_input_ids"].shape[1]), with_kwargs=True)
+    settings = {k: v for k, v in DREAM_SAMPLING.items() if k != "seed"}
+    for case in cases:
+        kwargs = {"prompt": case.get("prompt")}
+        if "image" in case:
+            kwargs["image"] = images[case["image"]]
+        if "segments" in case:
+            kwargs["segments"] = [[p[0], images[p[1]]] if isinstance(p, list) else images[p] if isinstance(p, int) else p
+                                  for p in case["segments"]]
+        for output_type in ("latent", "np"):
+            generator = torch.Generator().manual_seed(DREAM_SAMPLING["seed"])
+            result = pipe.cfg_predict(**kwargs, **settings, generator=generator, output_type=output_type).images
+            case["latents" if output_type == "latent" else "output"] = torch.as_tensor(np.asarray(result)).clone()
+        case["sequence_length"] = lengths[-1]
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("pooled_proj.")}
+    _save_like_train_py(state, out)
+    vae.save_pretrained(out / "vae")
+    torch.save({"cases": cases, "images": [torch.from_numpy(a) for a in arrays], "pixels": DREAM_PIXELS,
+                "settings": DREAM_SAMPLING, "commit": DREAM_COMMIT}, out / "sampling.pt")
+    print(f"wrote {out}: {len(state)} tensors, {len(cases)} cases: " + ", ".join(f"{c['name']} {c['sequence_length']} tokens" for c in cases))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", choices=("pixwizard", "pixwizard_sampling", "unic", "unic_sampling", "promptfix", "promptfix_sampling", "dream"))
+    parser.add_argument("method", choices=("pixwizard", "pixwizard_sampling", "unic", "unic_sampling", "promptfix", "promptfix_sampling", "dream", "dream_sampling"))
     parser.add_argument("--official", type=Path, required=True, help="folder of the official `models` package")
     parser.add_argument("--deps", type=Path, default=None, help="folder with the official code's extra packages")
     parser.add_argument("--out", type=Path, default=None, help="default: tests/fixtures/<method>_official")
@@ -686,6 +785,8 @@ def main(argv: list[str] | None = None) -> int:
         make_unic_sampling(args.official.resolve(), FIXTURES / "unic_official" if args.out is None else out)
     elif args.method == "dream":
         make_dream(args.official.resolve(), out)
+    elif args.method == "dream_sampling":
+        make_dream_sampling(args.official.resolve(), FIXTURES / "dream_official" / "sampling" if args.out is None else out)
     elif args.method == "promptfix_sampling":
         if args.deps is None:
             parser.error("promptfix_sampling needs --deps (the folder k-diffusion and torchsde were installed to)")

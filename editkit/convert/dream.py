@@ -26,9 +26,15 @@ PEFT LoRA weights (`X.base_layer.weight`, `X.lora_A.<name>.weight`,
 demo attaches LoRA with alpha = r, its training used alpha = 2r; `lora_alpha`
 None means alpha = r (the demo, i.e. parity with the released outputs).
 
-The shards carry no usable config: build the DreamTransformer2DModel config
-from SD3.5-Large's (with `joint_attention_dim` = `pooled_projection_dim` =
-1536, `adapter_hidden_dim` = 4096) and the LMM from Qwen2-VL-2B-Instruct's.
+The shards carry no config. The converter reads the DreamTransformer2DModel
+config off the weights' shapes (layers, heads, widths, patch, positions, qk norm,
+dual-attention layers; `sample_size` is not in the weights: `--sample-size`,
+128 as SD3.5-Large; nor is the head width of a DiT without qk norm) and writes it to `transformer/config.json` with
+`official_sampling: true`, so `DreamEnginePipeline` pads and builds its nulls as
+the official `cfg_predict` does (docs/fidelity.md), and writes the official
+sampler (`FlowMatchEulerDiscreteScheduler`, shift 3) to `scheduler/`. The LMM's
+config, tokenizer and image processor are Qwen2-VL-2B-Instruct's, the VAE
+SD3.5-Large's.
 """
 
 from __future__ import annotations
@@ -169,10 +175,52 @@ def check_index(path: Path, part: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"shard {path.name} lacks {len(absent)} key(s) that {INDEX_NAME} puts there, e.g. {absent[:3]}")
 
 
+def config_from_state_dict(state: dict[str, torch.Tensor], sample_size: int = 128, attention_head_dim: int | None = None) -> dict:
+    """DreamTransformer2DModel's config from its converted weights (editkit names), `official_sampling` on.
+
+    The head width is read off the qk norm (SD3.5); a DiT without one (SD3-Medium style) leaves no trace of
+    it in the shapes, so `attention_head_dim` must be given then (None: 64, SD3's)."""
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in state:
+            raise ValueError(f"the transformer weights lack {key!r}; is this a Dream Engine release?")
+        return tuple(state[key].shape)
+
+    inner, in_channels, patch, _ = shape("pos_embed.proj.weight")
+    positions = shape("pos_embed.pos_embed")[1]
+    side = round(positions ** 0.5)
+    if side * side != positions:
+        raise ValueError(f"pos_embed.pos_embed has {positions} positions, not a square grid.")
+    blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks.")})
+    if blocks != list(range(len(blocks))) or not blocks:
+        raise ValueError(f"transformer blocks are not numbered 0..N-1: {blocks[:8]}")
+    norm_q = "transformer_blocks.0.attn.norm_q.weight"
+    qk_norm = None if norm_q not in state else ("layer_norm" if norm_q.replace("weight", "bias") in state else "rms_norm")
+    head_dim = shape(norm_q)[0] if qk_norm else int(attention_head_dim or 64)
+    if qk_norm and attention_head_dim and int(attention_head_dim) != head_dim:
+        raise ValueError(f"`attention_head_dim`={attention_head_dim} but the qk norm weights are {head_dim} wide.")
+    if inner % head_dim:
+        raise ValueError(f"the DiT is {inner} wide, not a multiple of `attention_head_dim`={head_dim}; pass the right one.")
+    adapter_hidden, lmm_width = shape("context_embedder.linear_1.weight")
+    return {
+        "_class_name": "DreamTransformer2DModel",
+        "sample_size": int(sample_size), "patch_size": patch, "in_channels": in_channels, "num_layers": len(blocks),
+        "attention_head_dim": head_dim, "num_attention_heads": inner // head_dim, "joint_attention_dim": lmm_width,
+        "caption_projection_dim": shape("context_embedder.linear_2.weight")[0], "pooled_projection_dim": lmm_width,
+        "out_channels": shape("proj_out.weight")[0] // (patch * patch), "pos_embed_max_size": side,
+        "dual_attention_layers": [i for i in blocks if f"transformer_blocks.{i}.attn2.to_q.weight" in state],
+        "qk_norm": qk_norm, "adapter_hidden_dim": adapter_hidden, "official_sampling": True,
+    }
+
+
+OFFICIAL_SCHEDULER = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+
+
 def convert_checkpoint(shards: Sequence[str | Path], output_dir: str | Path, lora_alpha: float | None = None,
-                       dtype: torch.dtype | None = None) -> dict[str, Path]:
+                       dtype: torch.dtype | None = None, sample_size: int = 128,
+                       attention_head_dim: int | None = None) -> dict[str, Path]:
     """Read the shards safely (`weights_only=True`), convert, write
-    `transformer/diffusion_pytorch_model.safetensors` and `lmm/model.safetensors`."""
+    `transformer/diffusion_pytorch_model.safetensors` with its `config.json`, `lmm/model.safetensors` and
+    `scheduler/scheduler_config.json`."""
     shards = resolve_shards(shards)
     state: dict[str, torch.Tensor] = {}
     for path in shards:
@@ -184,6 +232,10 @@ def convert_checkpoint(shards: Sequence[str | Path], output_dir: str | Path, lor
         check_index(path, part)
     parts = convert_state_dict(state, lora_alpha)
     out = Path(output_dir)
+    config = config_from_state_dict(parts["transformer"], sample_size, attention_head_dim)
+    for folder, name, content in (("transformer", "config.json", config), ("scheduler", "scheduler_config.json", OFFICIAL_SCHEDULER)):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        (out / folder / name).write_text(json.dumps(content, indent=2) + "\n")
     cast = (lambda sd: {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}) if dtype else (lambda sd: sd)
     return {
         "transformer": save_state_dict(cast(parts["transformer"]), out / "transformer" / "diffusion_pytorch_model.safetensors"),
@@ -197,10 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dir", help="where to write transformer/ and lmm/ (safetensors)")
     parser.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: r, as the demo attaches it)")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
+    parser.add_argument("--sample-size", type=int, default=128, help="the DiT's sample size in latents (128: SD3.5-Large)")
+    parser.add_argument("--attention-head-dim", type=int, default=None,
+                        help="head width, needed only for a DiT without a qk norm (default: read off the qk norm, else 64)")
     args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     written = convert_checkpoint(args.checkpoint if len(args.checkpoint) > 1 else args.checkpoint[0], args.output_dir,
-                                 args.lora_alpha, dtype)
+                                 args.lora_alpha, dtype, args.sample_size, args.attention_head_dim)
     for part, path in written.items():
         print(f"{part}: {path}")
     return 0

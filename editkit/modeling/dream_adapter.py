@@ -91,6 +91,8 @@ class DreamTransformer2DModel(SD3Transformer2DModel):
     Qwen2-VL-2B); `adapter_hidden_dim` is the MLPs' hidden width (4096
     officially). The forward is SD3's own: pass the LMM states as
     `encoder_hidden_states` and `pool_states(states)` as `pooled_projections`.
+    `official_sampling` (set by editkit.convert.dream on a converted release): `DreamEnginePipeline` then pads
+    and builds its nulls as Dream Engine's `cfg_predict` does by default.
     """
 
     @register_to_config
@@ -110,6 +112,7 @@ class DreamTransformer2DModel(SD3Transformer2DModel):
         dual_attention_layers: tuple[int, ...] = (),
         qk_norm: str | None = "rms_norm",
         adapter_hidden_dim: int = 4096,
+        official_sampling: bool = False,
     ):
         if pooled_projection_dim != joint_attention_dim:
             raise ValueError(
@@ -129,6 +132,10 @@ class DreamTransformer2DModel(SD3Transformer2DModel):
             AlignMLP(joint_attention_dim, adapter_hidden_dim, caption_projection_dim),
             AlignMLP(joint_attention_dim, adapter_hidden_dim, inner),
         )
+
+    def sd3_config(self) -> dict:
+        """This config without the Dream Engine keys: what builds the stock SD3 transformer it extends."""
+        return {k: v for k, v in self.config.items() if not k.startswith("_") and k not in ("adapter_hidden_dim", "official_sampling")}
 
     @property
     def lmm_hidden_size(self) -> int:

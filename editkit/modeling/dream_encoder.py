@@ -146,8 +146,9 @@ def task_prompts(
     if not parts:
         raise ValueError("task 'interleaved' needs `parts` (a list of text and images).")
     body, imgs = render_interleaved(parts)
-    if official_null:  # OBJ2I_V2: the caption text alone, images dropped
-        return DreamPrompt(prefix + body, tuple(imgs)), DreamPrompt(prefix + body.replace(IMAGE_PLACEHOLDER, ""))
+    if official_null:  # OBJ2I_V2: both stripped, the null is the caption text alone, images dropped
+        text_only = "".join(p for p in parts if isinstance(p, str))
+        return DreamPrompt(prefix + body.strip(), tuple(imgs)), DreamPrompt(prefix + text_only.strip())
     return DreamPrompt(prefix + body, tuple(imgs)), DreamPrompt(prefix + IMAGE_PLACEHOLDER * len(imgs), tuple(imgs))
 
 
@@ -262,15 +263,24 @@ def official_position_ids(base, inputs: dict[str, torch.Tensor]) -> torch.Tensor
     return positions
 
 
-def tokenize_prompts(processor, prompts: Sequence[DreamPrompt], max_sequence_length: int | None = None) -> dict[str, torch.Tensor]:
+def tokenize_prompts(processor, prompts: Sequence[DreamPrompt], max_sequence_length: int | None = None,
+                     min_lengths: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Processor outputs for a batch, right-padded to the longest prompt (or to `max_sequence_length`).
 
     Vision tokens are never truncated: a prompt longer than `max_sequence_length` is an error.
+    `min_lengths` (one per prompt; Dream Engine's `cfg_predict` padding, `padding="max_length"`): prompt i is
+    padded to at least `min_lengths[i]` tokens, and a text-only prompt longer than that is truncated to it (the
+    official text calls pass `truncation=True`; those with images do not).
     """
     texts = [p.text for p in prompts]
     images = [im for p in prompts for im in p.images]
     processor.tokenizer.padding_side = "right"
     inputs = dict(processor(text=texts, images=images or None, return_tensors="pt", padding="longest"))
+    if min_lengths is not None:
+        if max_sequence_length is not None:
+            raise ValueError("give `max_sequence_length` (one fixed length) or `min_lengths` (per prompt), not both.")
+        inputs = _truncate_text_rows(inputs, prompts, min_lengths, processor.tokenizer.pad_token_id)
+        max_sequence_length = max([*min_lengths, int(inputs["attention_mask"].sum(dim=1).max())])
     if max_sequence_length is None:
         return inputs
     length = inputs["input_ids"].shape[1]
@@ -287,6 +297,23 @@ def tokenize_prompts(processor, prompts: Sequence[DreamPrompt], max_sequence_len
     return dict(inputs)
 
 
+def _truncate_text_rows(inputs: dict[str, torch.Tensor], prompts: Sequence[DreamPrompt], min_lengths: Sequence[int],
+                        pad_id: int) -> dict[str, torch.Tensor]:
+    """Cut each text-only row to its `min_lengths` entry (the tokenizer's right truncation: Qwen2's adds no
+    special tokens), then drop the columns no row uses."""
+    if len(min_lengths) != len(prompts):
+        raise ValueError(f"`min_lengths` has {len(min_lengths)} entries for {len(prompts)} prompts.")
+    inputs = {k: v.clone() for k, v in inputs.items()}
+    for i, (prompt, limit) in enumerate(zip(prompts, min_lengths)):
+        if not prompt.images and limit and int(inputs["attention_mask"][i].sum()) > limit:
+            inputs["input_ids"][i, limit:] = pad_id
+            inputs["attention_mask"][i, limit:] = 0
+            if "mm_token_type_ids" in inputs:
+                inputs["mm_token_type_ids"][i, limit:] = 0
+    used = int(inputs["attention_mask"].sum(dim=1).max())
+    return {k: v[:, :used] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v for k, v in inputs.items()}
+
+
 def encode_prompts(
     lmm,
     processor,
@@ -294,6 +321,7 @@ def encode_prompts(
     *,
     vit_ratio: float | torch.Tensor | None = None,
     max_sequence_length: int | None = None,
+    min_lengths: Sequence[int] | None = None,
     device: torch.device | str | None = None,
     hidden_layer: int = -1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -310,7 +338,7 @@ def encode_prompts(
         raise ValueError("`prompts` is empty.")
     base = _base_model(lmm)
     device = device if device is not None else base.device
-    inputs = tokenize_prompts(processor, prompts, max_sequence_length)
+    inputs = tokenize_prompts(processor, prompts, max_sequence_length, min_lengths)
     dtype = base.dtype
     inputs = {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in inputs.items()}
     positions = official_position_ids(base, inputs)
