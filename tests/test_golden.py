@@ -461,3 +461,24 @@ def test_dream_sampling_fixture_catches_editkits_own_padding_and_nulls(dream_sam
     # editkit's own defaults: pad to the longer of the pair (49 tokens here), the training nulls
     own = {"generate": {"max_sequence_length": 49}, "edit": {"official_null": False}, "interleaved": {"official_null": False}}[name]
     assert relative_error(_dream_call(pipe, golden, case, **own), case["latents"]) > 1e-3
+
+
+def test_dream_sampling_fixture_catches_the_training_lora_alpha(dream_sampling):
+    """The fixture's LoRA is attached as demo.py attaches it (alpha = r); merged at the training alpha (2r) the
+    same call no longer matches."""
+    import copy
+
+    from editkit.convert import load_state_dict
+    from editkit.convert.dream import convert_state_dict
+
+    golden, pipe = dream_sampling
+    folder = FIXTURES / "dream_official" / "sampling"
+    state = {k: v for shard in sorted(folder.glob("*.bin")) for k, v in load_state_dict(shard).items()}
+    assert any(".lora_A." in k for k in state)
+    parts = convert_state_dict(state, lora_alpha=8)  # rank 4: the training's 2r
+    doubled = copy.copy(pipe)
+    doubled.transformer, doubled.lmm = copy.deepcopy(pipe.transformer), copy.deepcopy(pipe.lmm)
+    doubled.transformer.load_state_dict(parts["transformer"], strict=True)
+    doubled.lmm.load_state_dict(parts["lmm"], strict=True)
+    case = next(c for c in golden["cases"] if c["name"] == "edit")
+    assert relative_error(_dream_call(doubled, golden, case), case["latents"]) > 1e-3

@@ -113,7 +113,9 @@ trained with (transformers 4.49, its vendored diffusers fork):
     PYTHONPATH=/tmp/dream_official/src/diffusers/src /tmp/dream_env/bin/python tools/make_golden.py dream_sampling --official /tmp/dream_official
 
 `dream_sampling` runs the release's own `QwenVLStableDiffusion3Pipeline.cfg_predict` unchanged (its
-`qwen_vl_utils.process_vision_info` included) on a second tiny composite, this one with SD3.5's rms qk norm,
+`qwen_vl_utils.process_vision_info` included) on a second tiny composite, this one with SD3.5's rms qk norm
+and PEFT LoRA (rank 4, alpha = r) on the LMM and the DiT with demo.py's target modules (`add_adapter`, as
+the demo does; the LoRA weights are re-drawn with the rest),
 a tiny 4x AutoencoderKL with SD3's scaling and shift factors, and `FlowMatchEulerDiscreteScheduler(shift=3)`:
 one call per branch at its default `max_sequence_length` (77), guidance 3.5, 4 steps, 64 x 64, a generator
 seeded 136147 (the demo's seed), each call once for the latents and once decoded. A forward pre-hook only
@@ -626,8 +628,16 @@ def _dream_tokenizer():
     return tok
 
 
-def _official_dream(seed: int, qk_norm: str | None = None):
-    """The official composite, tiny, every parameter re-drawn; (tokenizer, Qwen2-VL config, model)."""
+DREAM_LORA_TARGETS = {  # demo.py's target modules; rank 4 with alpha = r, as the demo attaches its LoRA (r = alpha = 32)
+    "lmm": ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"],
+    "dit": ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k", "attn.to_out.0",
+            "attn.to_q", "attn.to_v"],
+}
+
+
+def _official_dream(seed: int, qk_norm: str | None = None, lora: bool = False):
+    """The official composite, tiny, every parameter re-drawn (LoRA pairs too, when attached as demo.py
+    attaches them); (tokenizer, Qwen2-VL config, model)."""
     from diffusers.models.transformers.transformer_sd3 import QwenVLSD3_DirectMap_Transformer2DModel, SD3Transformer2DModel
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
@@ -645,6 +655,11 @@ def _official_dream(seed: int, qk_norm: str | None = None):
     dit = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
                                 joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32, out_channels=4,
                                 pos_embed_max_size=32, qk_norm=qk_norm).eval()
+    if lora:
+        from peft import LoraConfig
+
+        for part, name in ((lmm, "lmm"), (dit, "dit")):
+            part.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=DREAM_LORA_TARGETS[name]))
     model = QwenVLSD3_DirectMap_Transformer2DModel(lmm, dit, mlp_dim=64).eval()
     redraw_(model, seed=seed)
     with torch.no_grad():
@@ -728,7 +743,9 @@ def make_dream_sampling(official: Path, out: Path) -> None:
     from diffusers.pipelines.stable_diffusion_3.pipeline_qwen_vl_stable_diffusion_3 import QwenVLStableDiffusion3Pipeline
     from PIL import Image
 
-    tok, config, model = _official_dream(seed=5, qk_norm="rms_norm")  # SD3.5's qk norm: the converter reads heads off it
+    # SD3.5's qk norm (the converter reads the heads off it) and LoRA on both parts, as the demo runs the release
+    tok, config, model = _official_dream(seed=5, qk_norm="rms_norm", lora=True)
+    assert any(".lora_A." in k for k in model.state_dict()) and any(k.startswith("lmm.") and ".lora_B." in k for k in model.state_dict())
     torch.manual_seed(8)
     vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
                         block_out_channels=(8, 16, 16), latent_channels=4, norm_num_groups=8, layers_per_block=1,
