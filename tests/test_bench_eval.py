@@ -3,6 +3,7 @@ computations on the same arrays (tiny random CLIP and DINOv2 models), bad rows, 
 
 import json
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from editkit.evaluation.bench import run_benchmark
-from editkit.evaluation.bench_metrics import Clip, Dino, score_row
+from editkit.evaluation.bench_metrics import Clip, Dino, score_row, to_tensor
 from editkit.evaluation.datasets import load_row, pie_mask, read_rows
 from editkit.evaluation.html_report import write_contact_sheet, write_html
 
@@ -252,3 +253,52 @@ def test_shapes_eval_report_shows_every_sample_worst_psnr_first(tmp_path):
     order = sorted(recs, key=lambda r: r["metrics"]["psnr"])
     assert page.index(f'data-v="{order[0]["id"]}"') < page.index(f'data-v="{order[-1]["id"]}"')
     assert PIL.Image.open(tmp_path / "r.png").size == (4 * 128, 4 * (128 + 16))
+
+
+def _lpips_by_hand(state: dict, a: torch.Tensor, b: torch.Tensor) -> float:
+    """LPIPS written out from its definition (Zhang et al. 2018; the SqueezeNet 1.1 variant): scale the [-1, 1]
+    inputs, take seven feature maps, unit-normalise each over channels, weight the squared difference with the
+    linear heads shipped in torchmetrics, average over space and sum the layers."""
+    import torchmetrics
+    import torchvision
+
+    net = torchvision.models.squeezenet1_1(weights=None)
+    net.load_state_dict(state)
+    heads = torch.load(Path(torchmetrics.__file__).parent / "functional/image/lpips_models/squeeze.pth", map_location="cpu",
+                       weights_only=True)
+    shift = torch.tensor([-0.030, -0.088, -0.188])[None, :, None, None]
+    scale = torch.tensor([0.458, 0.448, 0.450])[None, :, None, None]
+    cuts = (2, 5, 8, 10, 11, 12, 13)  # the end of each of the seven slices of `features`
+    total = 0.0
+    x, y = ((t[None] * 2 - 1 - shift) / scale for t in (a, b))
+    start = 0
+    for k, end in enumerate(cuts):
+        for layer in net.features[start:end]:
+            x, y = layer(x), layer(y)
+        start = end
+        nx, ny = (f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for f in (x, y))
+        total += float(torch.nn.functional.conv2d((nx - ny) ** 2, heads[f"lin{k}.model.1.weight"]).mean())
+    return total
+
+
+def test_pie_bench_background_lpips_matches_its_definition_and_names_its_weights(tmp_path):
+    import torchvision
+
+    from editkit.evaluation.bench_metrics import Lpips, missing_models
+
+    torch.manual_seed(0)
+    state = torchvision.models.squeezenet1_1(weights=None).state_dict()  # random weights: the formula, not the values
+    torch.save(state, tmp_path / "squeeze.pth")
+    lpips = Lpips.load(str(tmp_path / "squeeze.pth"))
+    row = types.SimpleNamespace(source=img(3, 64), target=None, mask=np.zeros((64, 64), bool), input_caption=None,
+                                output_caption=None, instruction="x")
+    row.mask[10:30, 10:40] = True
+    out = img(4, 64)
+    m = score_row("pie_bench", row, out, None, None, lpips)
+    bg = torch.from_numpy(~row.mask)[None].float()
+    expected = _lpips_by_hand(state, to_tensor(out) * bg, to_tensor(row.source) * bg)
+    assert m["bg_lpips"] == pytest.approx(expected, rel=1e-4) and m["bg_lpips"] > 0
+    assert score_row("pie_bench", row, row.source, None, None, lpips)["bg_lpips"] == pytest.approx(0.0, abs=1e-6)
+    assert "--lpips PATH" in missing_models("pie_bench", None, None)["bg_lpips"]
+    with pytest.raises(ValueError, match="--lpips"):
+        Lpips.load(str(tmp_path / "nothing.pth"))

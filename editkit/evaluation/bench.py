@@ -29,7 +29,7 @@ import PIL.Image
 from editkit.data import Sample
 
 from .adapters import ADAPTERS
-from .bench_metrics import METRICS, Clip, Dino, missing_models, score_row
+from .bench_metrics import METRICS, Clip, Dino, Lpips, missing_models, score_row
 from .datasets import BadRow, EditRow, LoadedRow, load_row
 
 Editor = Callable[[LoadedRow, PIL.Image.Image, int], PIL.Image.Image]  # (row, source to edit, seed) -> output
@@ -115,7 +115,7 @@ def chains(rows: list[EditRow]) -> list[list[EditRow]]:
 
 
 def run_unit(edit: Editor, unit: list[EditRow], fmt: str, seed: int, out: Path, clip: Clip | None,
-             dino: Dino | None, multi_turn: bool) -> dict[str, Any]:
+             dino: Dino | None, multi_turn: bool, lpips: Lpips | None = None) -> dict[str, Any]:
     """One scored record: a single row, or (multi-turn) a whole chain scored at its last turn."""
     key = (unit[0].chain or unit[0].id) if multi_turn else unit[0].id
     try:
@@ -128,7 +128,7 @@ def run_unit(edit: Editor, unit: list[EditRow], fmt: str, seed: int, out: Path, 
     final = loaded[-1]
     if multi_turn:
         final = LoadedRow(**{**final.__dict__, "source": loaded[0].source})
-    metrics = score_row(fmt, final, current, clip, dino)
+    metrics = score_row(fmt, final, current, clip, dino, lpips)
     return {"id": key, "turns": len(loaded), "task": final.task, "instruction": final.instruction,
             "metrics": metrics, "views": save_views(out, key, final, current)}
 
@@ -145,7 +145,7 @@ def summarize(records: list[dict[str, Any]], fmt: str, missing: dict[str, str], 
 
 def run_benchmark(edit: Editor, rows: list[EditRow], fmt: str, out: str | Path, *, clip: Clip | None = None,
                   dino: Dino | None = None, multi_turn: bool = False, seed: int = 0, limit: int | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, lpips: Lpips | None = None) -> dict[str, Any]:
     """Edit and score every row (or chain), appending to OUT/results.jsonl; returns and writes the summary."""
     if multi_turn and fmt != "magicbrush":
         raise ValueError(f"--multi-turn is MagicBrush's setting; --format {fmt} has no edit sessions.")
@@ -163,7 +163,7 @@ def run_benchmark(edit: Editor, rows: list[EditRow], fmt: str, out: str | Path, 
         bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"eval {fmt}", unit="row")
     with results.open("a") as f:
         for i, unit in todo:
-            rec = run_unit(edit, unit, fmt, seed + i, out, clip, dino, multi_turn)
+            rec = run_unit(edit, unit, fmt, seed + i, out, clip, dino, multi_turn, lpips)
             f.write(json.dumps(rec) + "\n")
             f.flush()
             done[rec["id"]] = rec
@@ -172,6 +172,6 @@ def run_benchmark(edit: Editor, rows: list[EditRow], fmt: str, out: str | Path, 
     if bar is not None:
         bar.close()
     keys = [(u[0].chain or u[0].id) if multi_turn else u[0].id for u in units]
-    summary = summarize([done[k] for k in keys if k in done], fmt, missing_models(fmt, clip, dino), multi_turn)
+    summary = summarize([done[k] for k in keys if k in done], fmt, missing_models(fmt, clip, dino, lpips), multi_turn)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

@@ -12,9 +12,13 @@ MagicBrush   l1, l2 (output vs target); clip_i, dino (cosine of image embeddings
 Emu Edit     l1, clip_i, dino (output vs input); clip_out (output vs output caption); clip_dir (cosine of the
              image change and the caption change, both in CLIP space)
 PIE-Bench    structure_distance (MSE between the DINO key self-similarities of input and output, last layer);
-             bg_psnr, bg_mse, bg_ssim (input vs output with the edited region zeroed, torchmetrics);
+             bg_psnr, bg_mse, bg_ssim, bg_lpips (input vs output with the edited region zeroed, torchmetrics;
+             LPIPS on SqueezeNet 1.1, as PnP-Inversion's evaluation/matrics_calculator.py);
              clip_whole, clip_edited (CLIP score 100 * max(cos, 0) of the output, or the output with all but the
              edited region zeroed, against the editing prompt)
+
+    lpips   torchvision's SqueezeNet 1.1 weights file (squeezenet1_1-b8a52dc0.pth); LPIPS's linear heads ship
+            with torchmetrics
 
 A metric whose model was not given is not computed: `missing_models` names it and the flag to pass.
 """
@@ -32,19 +36,21 @@ import torch
 METRICS = {
     "magicbrush": ("l1", "l2", "clip_i", "dino", "clip_t"),
     "emu_edit": ("l1", "clip_i", "dino", "clip_out", "clip_dir"),
-    "pie_bench": ("structure_distance", "bg_psnr", "bg_mse", "bg_ssim", "clip_whole", "clip_edited"),
+    "pie_bench": ("structure_distance", "bg_psnr", "bg_mse", "bg_ssim", "bg_lpips", "clip_whole", "clip_edited"),
     "folder": ("l1", "l2", "psnr", "ssim", "clip_i", "dino", "clip_t", "bg_psnr"),
 }
 NEEDS = {"clip_i": "clip", "clip_t": "clip", "clip_out": "clip", "clip_dir": "clip", "clip_whole": "clip",
-         "clip_edited": "clip", "dino": "dino", "structure_distance": "dino"}
-LOWER_IS_BETTER = {"l1", "l2", "bg_mse", "structure_distance", "rmse"}
+         "clip_edited": "clip", "dino": "dino", "structure_distance": "dino", "bg_lpips": "lpips"}
+LOWER_IS_BETTER = {"l1", "l2", "bg_mse", "bg_lpips", "structure_distance", "rmse"}
+WHAT = {"clip": "a local transformers CLIPModel folder", "dino": "a local transformers ViT folder",
+        "lpips": "torchvision's SqueezeNet 1.1 weights file, squeezenet1_1-b8a52dc0.pth"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def missing_models(fmt: str, clip: Any, dino: Any) -> dict[str, str]:
+def missing_models(fmt: str, clip: Any, dino: Any, lpips: Any = None) -> dict[str, str]:
     """metric -> why it is not computed, for the metrics of `fmt` whose model is absent."""
-    have = {"clip": clip is not None, "dino": dino is not None}
-    return {m: f"{m} needs a {NEEDS[m].upper()} model: pass --{NEEDS[m]} PATH (a local transformers model folder)"
+    have = {"clip": clip is not None, "dino": dino is not None, "lpips": lpips is not None}
+    return {m: f"{m} needs a {NEEDS[m].upper()} model: pass --{NEEDS[m]} PATH ({WHAT[NEEDS[m]]})"
             for m in METRICS[fmt] if m in NEEDS and not have[NEEDS[m]]}
 
 
@@ -159,12 +165,51 @@ class Dino:
         return (keys @ keys.T).cpu()
 
 
+@dataclass
+class Lpips:
+    """torchmetrics' LPIPS on SqueezeNet 1.1 (PIE-Bench's choice), its backbone read from a local file."""
+
+    metric: Any
+    device: str = "cpu"
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> Lpips:
+        import os
+        import tempfile
+
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+        from torchvision.models import SqueezeNet1_1_Weights
+
+        if not os.path.isfile(path):
+            raise ValueError(f"--lpips {path!r} is not a file; pass torchvision's SqueezeNet 1.1 weights ({WHAT['lpips']}).")
+        # torchvision finds its weights in torch.hub's cache by file name: a cache holding only `path` means no download
+        name = os.path.basename(SqueezeNet1_1_Weights.IMAGENET1K_V1.url)
+        before = torch.hub.get_dir()
+        with tempfile.TemporaryDirectory() as hub:
+            os.makedirs(os.path.join(hub, "checkpoints"))
+            os.symlink(os.path.abspath(path), os.path.join(hub, "checkpoints", name))
+            torch.hub.set_dir(hub)
+            try:
+                metric = LearnedPerceptualImagePatchSimilarity(net_type="squeeze")
+            except (RuntimeError, KeyError, ValueError) as err:
+                raise ValueError(f"--lpips {path!r} is not a SqueezeNet 1.1 state dict: {str(err).splitlines()[0]}") from None
+            finally:
+                torch.hub.set_dir(before)
+        return cls(metric.to(device).eval(), device)
+
+    @torch.no_grad()
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """LPIPS of two (3, H, W) images in [0, 1], fed in [-1, 1] as PnP-Inversion does."""
+        return float(self.metric(a[None].to(self.device) * 2 - 1, b[None].to(self.device) * 2 - 1))
+
+
 def clip_score(image_embed: torch.Tensor, text_embed: torch.Tensor) -> float:
     """torchmetrics' CLIPScore for one pair: 100 * max(cosine, 0)."""
     return 100.0 * max(cosine(image_embed, text_embed), 0.0)
 
 
-def score_row(fmt: str, row: Any, output: PIL.Image.Image, clip: Clip | None, dino: Dino | None) -> dict[str, float]:
+def score_row(fmt: str, row: Any, output: PIL.Image.Image, clip: Clip | None, dino: Dino | None,
+              lpips: Lpips | None = None) -> dict[str, float]:
     """The metrics of `fmt` for one output; metrics whose inputs (target, caption, mask, model) are absent are left out."""
     names = METRICS[fmt]
     out: dict[str, float] = {}
@@ -181,6 +226,8 @@ def score_row(fmt: str, row: Any, output: PIL.Image.Image, clip: Clip | None, di
         if "bg_mse" in names:
             out["bg_mse"] = l2(keep(res, bg), keep(src, bg))
             out["bg_ssim"] = ssim(keep(res, bg), keep(src, bg))
+        if "bg_lpips" in names and lpips is not None:
+            out["bg_lpips"] = lpips(keep(res, bg), keep(src, bg))
     if clip is not None:
         out.update(clip_metrics(names, row, output, ref, clip))
     if dino is not None:

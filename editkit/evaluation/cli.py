@@ -16,7 +16,7 @@ from editkit.speed import FAST_PRESETS, fast_pipeline
 
 from .adapters import ADAPTERS, CUSTOM, check_method
 from .bench import pipeline_editor, run_benchmark, shapes_recorder
-from .bench_metrics import Clip, Dino
+from .bench_metrics import Clip, Dino, Lpips
 from .datasets import FORMATS, read_rows
 from .html_report import write_contact_sheet, write_html
 from .harness import DEFAULT_EVAL_STEPS, evaluate, positive_int
@@ -60,6 +60,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--multi-turn", action="store_true", help="MagicBrush: edit each session in a chain, score its final turn")
     b.add_argument("--clip", default=None, help="local CLIPModel folder for the CLIP metrics")
     b.add_argument("--dino", default=None, help="local DINO ViT folder (transformers AutoModel) for DINO and structure distance")
+    b.add_argument("--lpips", default=None, help="torchvision's SqueezeNet 1.1 weights file (squeezenet1_1-b8a52dc0.pth) for PIE-Bench's LPIPS")
     b.add_argument("--report", default=None, help="write an HTML page (and a PNG contact sheet next to it) of the run, for the shapes benchmark too")
     p.set_defaults(func=cmd_eval)
     t = subparsers.add_parser(
@@ -154,10 +155,13 @@ def cmd_eval_dataset(args: argparse.Namespace, method: str) -> int:
         folder = getattr(args, flag)
         if folder is not None and not Path(folder).is_dir():
             raise ValueError(f"--{flag} {folder!r} is not a folder (a local transformers model saved with save_pretrained).")
+    if args.lpips is not None and not Path(args.lpips).is_file():
+        raise ValueError(f"--lpips {args.lpips!r} is not a file (torchvision's SqueezeNet 1.1 weights, squeezenet1_1-b8a52dc0.pth).")
     rows = read_rows(args.dataset, args.format, args.dataset_split)  # layout errors before any model loads
     device = args.device or "cpu"
     clip = Clip.load(args.clip, device) if args.clip else None
     dino = Dino.load(args.dino, device) if args.dino else None
+    lpips = Lpips.load(args.lpips, device) if args.lpips else None
     pipe = load_pipeline(method, args.model, args.device, args.dtype)
     steps = args.steps
     call_args = parse_call_args(args.call_args)
@@ -169,7 +173,7 @@ def cmd_eval_dataset(args: argparse.Namespace, method: str) -> int:
     edit = pipeline_editor(pipe, method, steps=steps or DEFAULT_EVAL_STEPS, guidance=args.guidance,
                            image_guidance=args.image_guidance, call_args=call_args)
     summary = run_benchmark(edit, rows, args.format, out, clip=clip, dino=dino, multi_turn=args.multi_turn,
-                            seed=args.seed, limit=args.n, progress=not args.no_progress)
+                            seed=args.seed, limit=args.n, progress=not args.no_progress, lpips=lpips)
     print(f"{args.format} ({summary['setting']}): {summary['n_scored']} scored, {summary['n_bad']} skipped")
     for name, value in summary["metrics"].items():
         print(f"  {name:<20} {value:.4f}  (n={summary['n_per_metric'][name]})")
