@@ -189,6 +189,28 @@ def test_pie_bench_mask_background_metrics_and_structure_distance(tmp_path, mode
     mse = (((arr(out) - arr(row.source)) * bg) ** 2).mean()
     assert m["bg_mse"] == pytest.approx(mse, rel=1e-5) and m["bg_psnr"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-5)
     assert m["structure_distance"] > 0 and 0 <= m["clip_whole"] <= 100 and 0 <= m["clip_edited"] <= 100
+    assert m["structure_distance"] == pytest.approx(_structure_distance_by_hand(dino.model, row.source, out), rel=1e-4)
+
+
+def _structure_distance_by_hand(model, source: PIL.Image.Image, output: PIL.Image.Image) -> float:
+    """PnP-Inversion's definition: 0-255 pixels (never divided by 255) bilinearly resized to 224 and
+    ImageNet-normalised, the last layer's keys (heads concatenated), their cosine self-similarity, the MSE."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    key = [m for n, m in model.named_modules() if n.endswith(("attention.key", "attention.k_proj"))][-1]
+
+    def similarity(image: PIL.Image.Image) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)[None]
+        x = (torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)[0] - mean) / std
+        seen = []
+        handle = key.register_forward_hook(lambda _m, _i, out: seen.append(out[0]))
+        with torch.no_grad():
+            model(pixel_values=x[None])  # DINOv2 interpolates its positions to 224 itself
+        handle.remove()
+        k = seen[0]
+        n = k.norm(dim=1, keepdim=True)
+        return (k @ k.T) / (n @ n.T).clamp(min=1e-8)
+
+    return float(torch.nn.functional.mse_loss(similarity(output), similarity(source)))
 
 
 def test_folder_format_reports_each_bad_row_by_id_and_writes_the_report(tmp_path):

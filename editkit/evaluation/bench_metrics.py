@@ -11,7 +11,8 @@ MagicBrush   l1, l2 (output vs target); clip_i, dino (cosine of image embeddings
              clip_t (cosine of the output's image embedding and the target's local caption)
 Emu Edit     l1, clip_i, dino (output vs input); clip_out (output vs output caption); clip_dir (cosine of the
              image change and the caption change, both in CLIP space)
-PIE-Bench    structure_distance (MSE between the DINO key self-similarities of input and output, last layer);
+PIE-Bench    structure_distance (MSE between the DINO key self-similarities of input and output, last layer, on
+             the unscaled 0-255 pixels as PnP-Inversion's evaluation feeds them);
              bg_psnr, bg_mse, bg_ssim, bg_lpips (input vs output with the edited region zeroed, torchmetrics;
              LPIPS on SqueezeNet 1.1, as PnP-Inversion's evaluation/matrics_calculator.py);
              clip_whole, clip_edited (CLIP score 100 * max(cos, 0) of the output, or the output with all but the
@@ -45,6 +46,7 @@ LOWER_IS_BETTER = {"l1", "l2", "bg_mse", "bg_lpips", "structure_distance", "rmse
 WHAT = {"clip": "a local transformers CLIPModel folder", "dino": "a local transformers ViT folder",
         "lpips": "torchvision's SqueezeNet 1.1 weights file, squeezenet1_1-b8a52dc0.pth"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+STRUCTURE_SIDE, STRUCTURE_MAX_SIDE = 224, 480  # PnP-Inversion's `dino_global_patch_size` and its Resize max_size
 
 
 def missing_models(fmt: str, clip: Any, dino: Any, lpips: Any = None) -> dict[str, str]:
@@ -151,6 +153,22 @@ class Dino:
     def embed(self, images: Sequence[PIL.Image.Image]) -> torch.Tensor:
         return self.model(pixel_values=self.pixels(images)).last_hidden_state[:, 0].float().cpu()
 
+    def interpolate_kwargs(self) -> dict[str, bool]:
+        """ViT needs `interpolate_pos_encoding` for a size it was not trained at (DINOv2 always interpolates)."""
+        import inspect
+
+        return {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters else {}
+
+    def structure_pixels(self, image: PIL.Image.Image) -> torch.Tensor:
+        """PnP-Inversion's structure-distance input: the 0-255 pixels themselves (it never divides by 255),
+        short side resized to 224 (long side at most 480; bilinear, no antialias, as torchvision 0.13 did on
+        tensors), then ImageNet-normalised."""
+        from torchvision.transforms import v2 as T
+
+        x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
+        x = T.functional.resize(x, STRUCTURE_SIDE, max_size=STRUCTURE_MAX_SIDE, antialias=False)
+        return T.functional.normalize(x, IMAGENET_MEAN, IMAGENET_STD)[None].to(self.device)
+
     @torch.no_grad()
     def key_self_similarity(self, image: PIL.Image.Image) -> torch.Tensor:
         """Cosine self-similarity of the last layer's keys (CLS and patches, heads concatenated)."""
@@ -158,11 +176,12 @@ class Dino:
         seen: list[torch.Tensor] = []
         handle = proj.register_forward_hook(lambda _m, _i, out: seen.append(out))
         try:
-            self.model(pixel_values=self.pixels([image], crop=False))
+            self.model(pixel_values=self.structure_pixels(image), **self.interpolate_kwargs())
         finally:
             handle.remove()
-        keys = torch.nn.functional.normalize(seen[-1][0].float(), dim=-1)
-        return (keys @ keys.T).cpu()
+        keys = seen[-1][0].float()
+        norms = keys.norm(dim=-1, keepdim=True)
+        return ((keys @ keys.T) / (norms @ norms.T).clamp(min=1e-8)).cpu()
 
 
 @dataclass
