@@ -73,6 +73,7 @@ def test_config_errors_name_the_key():
         load_config(None, ["train.max_steps"])
     with pytest.raises(ValueError, match="mixed_precision"):
         load_config(None, ["train.mixed_precision=fp8"])
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"  # YAML would read `no` as false
     cfg = load_config(REPO / "configs/train/instructcv_shapes.yaml", ["train.max_steps=7"])
     assert cfg.train.max_steps == 7 and cfg.method == "instructcv"
 

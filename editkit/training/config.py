@@ -137,6 +137,8 @@ def _load_recipe(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
 
 def _check_values(cfg: DictConfig) -> None:
     t = cfg.train
+    if t.mixed_precision is False:  # YAML 1.1 reads a bare `no` (train.mixed_precision=no) as false
+        t.mixed_precision = "no"
     if t.mixed_precision not in ("no", "fp16", "bf16"):
         raise ValueError(f"train.mixed_precision must be no, fp16 or bf16, got {t.mixed_precision!r}")
     if t.attention not in ("sdpa", "xformers"):
