@@ -39,7 +39,7 @@ class SpeedPreset:
 
 # method -> preset, chosen on the shapes val split with the shipped tiny models (docs/performance.md)
 FAST_PRESETS: dict[str, SpeedPreset] = {
-    "instructcv": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5), solver="dpmpp_2m"),
+    "instructcv": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),  # its own Euler ancestral: val, docs/performance.md
     "promptfix": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5), solver="dpmpp_2m"),
     "pixwizard": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
     "unic": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
