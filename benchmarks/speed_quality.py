@@ -40,8 +40,9 @@ DEFAULT_STEPS = 20
 EXTRA = {"promptfix": {"hgs_mode": "off"}}  # HGS is its own cost study (docs/hgs.md)
 SOLVER_METHODS = ("instructcv", "promptfix")  # the DDPM-family UNets; the flow pipelines keep their Euler flow solver
 SWEEP = [SpeedPreset(20), SpeedPreset(10), SpeedPreset(10, (0.0, 0.5)), SpeedPreset(10, (0.25, 0.75)),
-         SpeedPreset(10, None, "dpmpp_2m"), SpeedPreset(10, (0.0, 0.5), "dpmpp_2m"), SpeedPreset(6, (0.0, 0.5), "dpmpp_2m")]
-
+         SpeedPreset(10, None, "dpmpp_2m"), SpeedPreset(10, (0.0, 0.5), "dpmpp_2m"), SpeedPreset(6, (0.0, 0.5), "dpmpp_2m"),
+         SpeedPreset(10, (0.0, 0.5), None, 2), SpeedPreset(10, (0.0, 0.5), None, 3), SpeedPreset(10, (0.0, 0.5), "dpmpp_2m", 2)]
+UNET_METHODS = ("instructcv", "promptfix")  # DeepCache (SpeedPreset.deep_cache) is for UNets
 
 def ip2p_reference(pipe):
     """diffusers' own InstructPix2Pix pipeline on InstructCV's components, called like editkit's adapter."""
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--pairs", type=int, default=6)
     parser.add_argument("--sweep", action="store_true", help="score the candidate fast settings (choose on val)")
+    parser.add_argument("--sweep-only", default=None, help="with --sweep: comma-separated indices into SWEEP")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -108,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         entry: dict = {"tasks": TASKS[method]}
         if args.sweep:
             entry["sweep"] = []
-            for preset in (p for p in SWEEP if p.solver is None or method in SOLVER_METHODS):
+            chosen = SWEEP if args.sweep_only is None else [SWEEP[int(i)] for i in args.sweep_only.split(",")]
+            for preset in (p for p in chosen if (p.solver is None or method in SOLVER_METHODS)
+                           and (p.deep_cache is None or method in UNET_METHODS)):
                 q = quality(pipe, method, TASKS[method], args.n, args.split, preset)
                 entry["sweep"].append({"preset": preset.__dict__, "quality": q})
                 print(method, preset, q, flush=True)

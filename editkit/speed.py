@@ -8,6 +8,8 @@ A preset is plain call arguments plus, for the UNet pipelines, a multistep solve
     solver              "dpmpp_2m": DPM-Solver++ 2M (diffusers' `DPMSolverMultistepScheduler`, built from the
                         pipeline's scheduler config so the prediction type, betas and zero-SNR rescale carry
                         over); None keeps the pipeline's scheduler (the flow-matching pipelines)
+    deep_cache          DeepCache interval for the UNet pipelines (`editkit.deep_cache`): the whole UNet on
+                        every n-th call, only its outermost level in between; None = no caching
 
     from editkit.speed import fast_pipeline
     pipe, kwargs = fast_pipeline(pipe, "instructcv")
@@ -23,12 +25,15 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from .deep_cache import DeepCacheConfig, deep_cache_unet
+
 
 @dataclass(frozen=True)
 class SpeedPreset:
     steps: int
     guidance_interval: tuple[float, float] | None = None
     solver: str | None = None
+    deep_cache: int | None = None
 
     def call_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"num_inference_steps": self.steps}
@@ -66,12 +71,17 @@ def fast_scheduler(scheduler: Any, solver: str) -> Any:
 
 def fast_pipeline(pipe: Any, method: str, preset: SpeedPreset | None = None) -> tuple[Any, dict[str, Any]]:
     """(pipeline, call kwargs) for the method's fast preset. The pipeline is a shallow copy sharing the
-    weights when the solver changes, so the caller's pipeline keeps its own scheduler."""
+    weights when the solver or the cache changes, so the caller's pipeline keeps its own scheduler and UNet."""
     if preset is None:
         if method not in FAST_PRESETS:
             raise ValueError(f"no fast preset for method {method!r}; known: {sorted(FAST_PRESETS)}.")
         preset = FAST_PRESETS[method]
-    if preset.solver is not None:
+    if preset.solver is not None or preset.deep_cache is not None:
         pipe = copy.copy(pipe)
+    if preset.solver is not None:
         pipe.scheduler = fast_scheduler(pipe.scheduler, preset.solver)
+    if preset.deep_cache is not None:
+        if not hasattr(pipe, "unet"):
+            raise ValueError(f"`deep_cache` is for the UNet pipelines; {type(pipe).__name__} has no UNet.")
+        pipe.unet = deep_cache_unet(pipe.unet, DeepCacheConfig(preset.deep_cache))
     return pipe, preset.call_kwargs()

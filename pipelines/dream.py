@@ -17,6 +17,7 @@ t = sigma * 1000 and predicts noise - x0.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -81,6 +82,14 @@ def build_conditioning(states: torch.Tensor, null_states: torch.Tensor, dtype: t
     return Conditioning(conds)
 
 
+def cache_scope(transformer: DreamTransformer2DModel, name: str) -> contextlib.AbstractContextManager:
+    """diffusers' cache hooks keep one state per context: one per batch and text shape, so a guidance interval
+    or a per-length call never compares residuals of different shapes. A no-op without a cache."""
+    if getattr(transformer, "is_cache_enabled", False):
+        return transformer.cache_context(name)
+    return contextlib.nullcontext()
+
+
 def transformer_forward(transformer: DreamTransformer2DModel, latent_input: torch.Tensor, cond: dict[str, torch.Tensor],
                         timestep: torch.Tensor, joint_attention_kwargs: dict | None = None) -> torch.Tensor:
     """The backbone call: the stock SD3 forward with LMM states in place of text embeddings; rows with
@@ -88,9 +97,11 @@ def transformer_forward(transformer: DreamTransformer2DModel, latent_input: torc
     t = timestep.expand(latent_input.shape[0]) if timestep.dim() == 0 else timestep
     lengths = cond.get(TEXT_LENGTH)
     if lengths is None or bool((lengths == cond["encoder_hidden_states"].shape[1]).all()):
-        return transformer(hidden_states=latent_input, encoder_hidden_states=cond["encoder_hidden_states"],
-                           pooled_projections=cond["pooled_projections"], timestep=t,
-                           joint_attention_kwargs=joint_attention_kwargs, return_dict=False)[0]
+        states = cond["encoder_hidden_states"]
+        with cache_scope(transformer, f"rows{states.shape[0]}_text{states.shape[1]}"):
+            return transformer(hidden_states=latent_input, encoder_hidden_states=states,
+                               pooled_projections=cond["pooled_projections"], timestep=t,
+                               joint_attention_kwargs=joint_attention_kwargs, return_dict=False)[0]
     out = None
     for length in lengths.unique().tolist():
         rows = (lengths == length).nonzero().flatten()

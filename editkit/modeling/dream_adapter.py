@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from diffusers import ModelMixin, SD3Transformer2DModel  # ModelMixin here lets diffusers load this module's class from model_index.json
 from diffusers.configuration_utils import register_to_config
+from diffusers.models import CacheMixin
+from diffusers.models.attention import JointTransformerBlock
 from torch import nn
 
 # Official module names (DirectMap model) -> where they sit in a diffusers SD3 transformer.
@@ -84,7 +86,27 @@ def pool_states(states: torch.Tensor, lengths: torch.Tensor | None = None) -> to
     return (states * keep[..., None]).sum(dim=1) / lengths.to(states.device, states.dtype)[:, None]
 
 
-class DreamTransformer2DModel(SD3Transformer2DModel):
+class FinalJointTransformerBlock(JointTransformerBlock):
+    """SD3's last joint block (`context_pre_only`), returning its text input unchanged instead of None.
+
+    SD3 discards the text stream after the last block, so the model's output is the same; diffusers' block
+    caches (`FirstBlockCacheConfig`, `MagCacheConfig`) need a tensor there to form the text residual, which
+    is what stopped them on every SD3-family model."""
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, *args, **kwargs):
+        _, hidden_states = super().forward(hidden_states, encoder_hidden_states, *args, **kwargs)
+        return encoder_hidden_states, hidden_states
+
+
+def register_cache_blocks() -> None:
+    """Tell diffusers' cache hooks where FinalJointTransformerBlock returns its two streams (as JointTransformerBlock)."""
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry  # the registry the hooks read
+
+    TransformerBlockRegistry.register(FinalJointTransformerBlock, TransformerBlockMetadata(return_hidden_states_index=1,
+                                                                                           return_encoder_hidden_states_index=0))
+
+
+class DreamTransformer2DModel(CacheMixin, SD3Transformer2DModel):
     """A stock SD3 MM-DiT whose text embedders are Dream Engine's two adapters.
 
     `joint_attention_dim` = `pooled_projection_dim` = the LMM width (1536 for
@@ -93,6 +115,8 @@ class DreamTransformer2DModel(SD3Transformer2DModel):
     `encoder_hidden_states` and `pool_states(states)` as `pooled_projections`.
     `official_sampling` (set by editkit.convert.dream on a converted release): `DreamEnginePipeline` then pads
     and builds its nulls as Dream Engine's `cfg_predict` does by default.
+    diffusers' cache hooks work on it: `transformer.enable_cache(FirstBlockCacheConfig(threshold=0.1))`
+    (the pipeline sets a cache context per batch shape; docs/performance.md).
     """
 
     @register_to_config
@@ -127,11 +151,18 @@ class DreamTransformer2DModel(SD3Transformer2DModel):
             dual_attention_layers=dual_attention_layers, qk_norm=qk_norm,
         )
         inner = num_attention_heads * attention_head_dim
+        last = self.transformer_blocks[-1]  # same parameters, a text stream the cache hooks can subtract from
+        self.transformer_blocks[-1] = FinalJointTransformerBlock(inner, num_attention_heads, attention_head_dim, context_pre_only=True,
+                                                                 qk_norm=qk_norm, use_dual_attention=last.use_dual_attention)
         attach_adapters(
             self,
             AlignMLP(joint_attention_dim, adapter_hidden_dim, caption_projection_dim),
             AlignMLP(joint_attention_dim, adapter_hidden_dim, inner),
         )
+
+    def enable_cache(self, config) -> None:
+        register_cache_blocks()
+        super().enable_cache(config)
 
     def sd3_config(self) -> dict:
         """This config without the Dream Engine keys: what builds the stock SD3 transformer it extends."""
