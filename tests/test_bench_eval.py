@@ -324,3 +324,58 @@ def test_pie_bench_background_lpips_matches_its_definition_and_names_its_weights
     assert "--lpips PATH" in missing_models("pie_bench", None, None)["bg_lpips"]
     with pytest.raises(ValueError, match="--lpips"):
         Lpips.load(str(tmp_path / "nothing.pth"))
+
+
+def test_batches_group_rows_of_one_size_and_give_the_single_row_records(tmp_path):
+    root = tmp_path / "f"
+    root.mkdir()
+    sizes = [32, 32, 32, 48, 32, 32]
+    lines = []
+    for i, side in enumerate(sizes):
+        img(i, side).save(root / f"in{i}.png")
+        img(i + 10, side).save(root / f"out{i}.png")
+        lines.append({"id": f"r{i}", "input_image": f"in{i}.png", "edited_image": f"out{i}.png", "edit_prompt": f"edit {i}"})
+    lines.insert(2, {"id": "gone", "input_image": "nope.png", "edited_image": "out0.png", "edit_prompt": "x"})
+    (root / "metadata.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    rows = read_rows(root, "folder")
+
+    class Batched:
+        def __init__(self):
+            self.calls = []
+
+        def batch(self, rows, sources, seeds):
+            self.calls.append(([r.id for r in rows], seeds))
+            return [brighten(r, s, k) for r, s, k in zip(rows, sources, seeds)]
+
+        def __call__(self, row, source, seed):
+            return self.batch([row], [source], [seed])[0]
+
+    editor = Batched()
+    s = run_benchmark(editor, rows, "folder", tmp_path / "b", progress=False, batch_size=2)
+    one = run_benchmark(brighten, rows, "folder", tmp_path / "one", progress=False)
+    assert editor.calls == [(["r0", "r1"], [0, 1]), (["r2"], [3]), (["r3"], [4]), (["r4", "r5"], [5, 6])]
+    assert (s["n_scored"], s["n_bad"]) == (6, 1) and s["metrics"] == one["metrics"]
+
+    def recs(run):
+        return {r["id"]: r.get("metrics") for r in map(json.loads, (tmp_path / run / "results.jsonl").read_text().splitlines())}
+
+    assert recs("b") == recs("one")
+    with pytest.raises(ValueError, match="`batch_size` must be >= 1"):
+        run_benchmark(editor, rows, "folder", tmp_path / "c", progress=False, batch_size=0)
+
+
+def test_pipeline_editor_batch_gives_the_images_of_one_row_at_a_time():
+    from editkit.evaluation.bench import pipeline_editor
+    from editkit.evaluation.datasets import LoadedRow
+    from editkit.pipelines import InstructCVPipeline
+    from editkit.testing import tiny_instructcv_components
+
+    pipe = InstructCVPipeline(**tiny_instructcv_components(seed=0))
+    pipe.set_progress_bar_config(disable=True)
+    edit = pipeline_editor(pipe, "instructcv", steps=3)
+    rows = [LoadedRow(f"r{i}", f"make the shape number {i} red", img(i), None, None) for i in range(3)]
+    together = edit.batch(rows, [r.source for r in rows], [5, 6, 7])
+    alone = [edit(r, r.source, seed) for r, seed in zip(rows, (5, 6, 7))]
+    diffs = [np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() for a, b in zip(together, alone)]
+    assert max(diffs) <= 1 and np.asarray(together[0]).shape == (32, 32, 3)
+    assert np.abs(np.asarray(together[0], dtype=np.int16) - np.asarray(together[1], dtype=np.int16)).max() > 5

@@ -19,7 +19,7 @@ and scores the final turn against the final ground truth.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +36,29 @@ Editor = Callable[[LoadedRow, PIL.Image.Image, int], PIL.Image.Image]  # (row, s
 THUMB = 256
 
 
+class PipelineEditor:
+    """Calls the method's pipeline through its evaluation adapter: per row (`editor(row, source, seed)`) and,
+    for `run_benchmark(batch_size=N)`, N rows of one size in one pipeline call (`editor.batch(...)`)."""
+
+    def __init__(self, pipe: Any, method: str, *, steps: int, guidance: float | None = None,
+                 image_guidance: float | None = None, call_args: dict[str, Any] | None = None) -> None:
+        self.pipe, self.adapter, self.steps = pipe, ADAPTERS[method], steps
+        self.guidance, self.image_guidance, self.call_args = guidance, image_guidance, dict(call_args or {})
+
+    def batch(self, rows: list[LoadedRow], sources: list[PIL.Image.Image], seeds: list[int]) -> list[PIL.Image.Image]:
+        samples = [Sample(task=r.task, family="benchmark", source=src, target=r.target or src, instruction=r.instruction,
+                          auxiliary_prompt="", mask=None) for r, src in zip(rows, sources)]
+        return list(self.adapter(self.pipe, samples, seeds=seeds, steps=self.steps, guidance=self.guidance,
+                                 image_guidance=self.image_guidance, **self.call_args))
+
+    def __call__(self, row: LoadedRow, source: PIL.Image.Image, seed: int) -> PIL.Image.Image:
+        return self.batch([row], [source], [seed])[0]
+
+
 def pipeline_editor(pipe: Any, method: str, *, steps: int, guidance: float | None = None,
-                    image_guidance: float | None = None, call_args: dict[str, Any] | None = None) -> Editor:
-    """An editor that calls the method's pipeline through its evaluation adapter."""
-    adapter = ADAPTERS[method]
-
-    def edit(row: LoadedRow, source: PIL.Image.Image, seed: int) -> PIL.Image.Image:
-        sample = Sample(task=row.task, family="benchmark", source=source, target=row.target or source,
-                        instruction=row.instruction, auxiliary_prompt="", mask=None)
-        return adapter(pipe, [sample], seeds=[seed], steps=steps, guidance=guidance, image_guidance=image_guidance,
-                       **(call_args or {}))[0]
-
-    return edit
+                    image_guidance: float | None = None, call_args: dict[str, Any] | None = None) -> PipelineEditor:
+    """An editor that calls the method's pipeline through its evaluation adapter (batched where asked)."""
+    return PipelineEditor(pipe, method, steps=steps, guidance=guidance, image_guidance=image_guidance, call_args=call_args)
 
 
 def thumbnail(image: PIL.Image.Image, path: Path) -> str:
@@ -114,10 +125,20 @@ def chains(rows: list[EditRow]) -> list[list[EditRow]]:
     return [sorted(g, key=lambda r: r.turn) for g in groups.values()]
 
 
+def unit_key(unit: list[EditRow], multi_turn: bool) -> str:
+    return (unit[0].chain or unit[0].id) if multi_turn else unit[0].id
+
+
+def scored_record(fmt: str, key: str, final: LoadedRow, output: PIL.Image.Image, turns: int, out: Path,
+                  clip: Clip | None, dino: Dino | None, lpips: Lpips | None) -> dict[str, Any]:
+    return {"id": key, "turns": turns, "task": final.task, "instruction": final.instruction,
+            "metrics": score_row(fmt, final, output, clip, dino, lpips), "views": save_views(out, key, final, output)}
+
+
 def run_unit(edit: Editor, unit: list[EditRow], fmt: str, seed: int, out: Path, clip: Clip | None,
              dino: Dino | None, multi_turn: bool, lpips: Lpips | None = None) -> dict[str, Any]:
     """One scored record: a single row, or (multi-turn) a whole chain scored at its last turn."""
-    key = (unit[0].chain or unit[0].id) if multi_turn else unit[0].id
+    key = unit_key(unit, multi_turn)
     try:
         loaded = [load_row(r) for r in unit]
     except BadRow as err:
@@ -128,9 +149,34 @@ def run_unit(edit: Editor, unit: list[EditRow], fmt: str, seed: int, out: Path, 
     final = loaded[-1]
     if multi_turn:
         final = LoadedRow(**{**final.__dict__, "source": loaded[0].source})
-    metrics = score_row(fmt, final, current, clip, dino, lpips)
-    return {"id": key, "turns": len(loaded), "task": final.task, "instruction": final.instruction,
-            "metrics": metrics, "views": save_views(out, key, final, current)}
+    return scored_record(fmt, key, final, current, len(loaded), out, clip, dino, lpips)
+
+
+def batched_records(edit: Any, todo: list[tuple[int, list[EditRow]]], batch_size: int, fmt: str, seed: int, out: Path,
+                    clip: Clip | None, dino: Dino | None, lpips: Lpips | None) -> Iterator[dict[str, Any]]:
+    """Single-turn records, edited `batch_size` rows of one source size per `edit.batch` call; bad rows as they load."""
+    pending: list[tuple[int, LoadedRow]] = []
+
+    def flush() -> Iterator[dict[str, Any]]:
+        rows = [r for _, r in pending]
+        outputs = edit.batch(rows, [r.source for r in rows], [seed + i for i, _ in pending])
+        pending.clear()
+        for row, output in zip(rows, outputs):
+            yield scored_record(fmt, row.id, row, output, 1, out, clip, dino, lpips)
+
+    for i, unit in todo:
+        try:
+            row = load_row(unit[0])
+        except BadRow as err:
+            yield {"id": unit[0].id, "bad": str(err)}
+            continue
+        if pending and pending[0][1].source.size != row.source.size:
+            yield from flush()
+        pending.append((i, row))
+        if len(pending) == batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
 
 
 def summarize(records: list[dict[str, Any]], fmt: str, missing: dict[str, str], multi_turn: bool) -> dict[str, Any]:
@@ -145,25 +191,34 @@ def summarize(records: list[dict[str, Any]], fmt: str, missing: dict[str, str], 
 
 def run_benchmark(edit: Editor, rows: list[EditRow], fmt: str, out: str | Path, *, clip: Clip | None = None,
                   dino: Dino | None = None, multi_turn: bool = False, seed: int = 0, limit: int | None = None,
-                  progress: bool = True, lpips: Lpips | None = None) -> dict[str, Any]:
-    """Edit and score every row (or chain), appending to OUT/results.jsonl; returns and writes the summary."""
+                  progress: bool = True, lpips: Lpips | None = None, batch_size: int = 1) -> dict[str, Any]:
+    """Edit and score every row (or chain), appending to OUT/results.jsonl; returns and writes the summary.
+
+    `batch_size` > 1 with an editor that has a `batch` method (`pipeline_editor`'s): single-turn rows of one
+    source size go through the model together; each row keeps its own seed, so the outputs are the ones a
+    batch of 1 gives (editkit's pipelines are batch-independent; tests/test_conformance.py)."""
     if multi_turn and fmt != "magicbrush":
         raise ValueError(f"--multi-turn is MagicBrush's setting; --format {fmt} has no edit sessions.")
+    if int(batch_size) < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     units = chains(rows) if multi_turn else [[r] for r in rows]
     units = units[:limit] if limit else units
     results = out / "results.jsonl"
     done = read_done(results)
-    todo = [(i, u) for i, u in enumerate(units) if ((u[0].chain or u[0].id) if multi_turn else u[0].id) not in done]
+    todo = [(i, u) for i, u in enumerate(units) if unit_key(u, multi_turn) not in done]
+    if batch_size > 1 and not multi_turn and hasattr(edit, "batch"):
+        records = batched_records(edit, todo, int(batch_size), fmt, seed, out, clip, dino, lpips)
+    else:
+        records = (run_unit(edit, unit, fmt, seed + i, out, clip, dino, multi_turn, lpips) for i, unit in todo)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"eval {fmt}", unit="row")
     with results.open("a") as f:
-        for i, unit in todo:
-            rec = run_unit(edit, unit, fmt, seed + i, out, clip, dino, multi_turn, lpips)
+        for rec in records:
             f.write(json.dumps(rec) + "\n")
             f.flush()
             done[rec["id"]] = rec
@@ -171,7 +226,7 @@ def run_benchmark(edit: Editor, rows: list[EditRow], fmt: str, out: str | Path, 
                 bar.update(1)
     if bar is not None:
         bar.close()
-    keys = [(u[0].chain or u[0].id) if multi_turn else u[0].id for u in units]
+    keys = [unit_key(u, multi_turn) for u in units]
     summary = summarize([done[k] for k in keys if k in done], fmt, missing_models(fmt, clip, dino, lpips), multi_turn)
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary

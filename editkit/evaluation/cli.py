@@ -43,7 +43,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the pipeline's)")
     p.add_argument("--image-guidance", type=float, default=None, help="image guidance scale (default: the pipeline's)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed; sample i of a task uses seed + i (default: 0)")
-    p.add_argument("--batch-size", type=int, default=8, help="samples per pipeline call (default: 8)")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per pipeline call (default: 8; with --dataset, rows of one image size)")
     p.add_argument("--out", default=None, help="JSON results file (default: outputs/eval/<method>-<split>.json)")
     p.add_argument("--baselines-only", action="store_true", help="score only the identity and classical baselines")
     p.add_argument("--call-arg", action="append", default=[], metavar="KEY=VALUE", dest="call_args",
@@ -151,6 +151,7 @@ def cmd_eval_dataset(args: argparse.Namespace, method: str) -> int:
         positive_int(args.n, "n")
     if args.baselines_only:
         raise ValueError("`--baselines-only` is for the shapes benchmark; with --dataset every row runs the model.")
+    positive_int(args.batch_size, "batch_size")
     for flag in ("clip", "dino"):
         folder = getattr(args, flag)
         if folder is not None and not Path(folder).is_dir():
@@ -173,7 +174,8 @@ def cmd_eval_dataset(args: argparse.Namespace, method: str) -> int:
     edit = pipeline_editor(pipe, method, steps=steps or DEFAULT_EVAL_STEPS, guidance=args.guidance,
                            image_guidance=args.image_guidance, call_args=call_args)
     summary = run_benchmark(edit, rows, args.format, out, clip=clip, dino=dino, multi_turn=args.multi_turn,
-                            seed=args.seed, limit=args.n, progress=not args.no_progress, lpips=lpips)
+                            seed=args.seed, limit=args.n, progress=not args.no_progress, lpips=lpips,
+                            batch_size=args.batch_size)
     print(f"{args.format} ({summary['setting']}): {summary['n_scored']} scored, {summary['n_bad']} skipped")
     for name, value in summary["metrics"].items():
         print(f"  {name:<20} {value:.4f}  (n={summary['n_per_metric'][name]})")
