@@ -21,9 +21,17 @@ is always there:
 3. `ip2p`: editkit's InstructCVPipeline vs diffusers'
    StableDiffusionInstructPix2PixPipeline, same full-size fp16 components, 512x512,
    a few steps, interleaved pairs: time and peak-memory ratios.
-4. `offload`: the same edit with model CPU offload: peak GPU memory.
-5. `compile`: torch.compile (mode "default") of the UNet, then the MM-DiT, each
+4. `fast`: the same full-size InstructCV pipeline at its 20-step default against the
+   `--fast` preset (editkit.speed) and the preset with DeepCache (interval 2),
+   interleaved pairs: time ratios to the default and max abs difference.
+5. `offload`: the same edit with model CPU offload: peak GPU memory.
+6. `compile`: torch.compile (mode "default") of the UNet, then the MM-DiT, each
    skipped or cut off at its cap; compile time and steps/s after it.
+7. `accelerate`: one training step of the trainer through `accelerate launch`
+   with the repo's FSDP and DeepSpeed ZeRO-2 configs (configs/accelerate/, one
+   process) on the tiny InstructCV recipe: whether each config loads and steps,
+   and the tail of its log. `--cpu-smoke` runs the DDP config on CPU instead
+   (FSDP and ZeRO need CUDA; DeepSpeed needs `pip install deepspeed`).
 
 A "step" is one backbone forward. Peak memory is torch.cuda.max_memory_allocated
 over the timed loop, less what earlier sections left allocated: the model's
@@ -55,7 +63,9 @@ import _common as C  # noqa: E402  (also puts the repo root on sys.path)
 import torch  # noqa: E402
 
 # share of the budget each section may use at most (compile gets what is left, up to its share)
-CAPS = {"unet": 0.20, "sd3": 0.18, "ip2p": 0.20, "offload": 0.08, "compile_unet": 0.30, "compile_sd3": 0.25}
+CAPS = {"unet": 0.16, "sd3": 0.15, "ip2p": 0.15, "fast": 0.10, "offload": 0.06, "compile_unet": 0.22, "compile_sd3": 0.18,
+        "accelerate": 0.20}
+ACCELERATE_CONFIGS = {"fsdp": "configs/accelerate/fsdp.yaml", "deepspeed_zero2": "configs/accelerate/deepspeed_zero2.yaml"}
 
 
 class SectionTimeout(Exception):
@@ -327,6 +337,83 @@ def ip2p_section(args, clock: Clock, report: Report, keep: dict) -> None:
 
 
 @torch.no_grad()
+def fast_section(args, clock: Clock, report: Report, keep: dict) -> None:
+    """editkit's default (20 steps) against its --fast preset and the preset + DeepCache, same pipeline."""
+    import dataclasses
+
+    from editkit.speed import FAST_PRESETS, fast_pipeline
+
+    pipe = keep["ip2p_pipe"]
+    size = 64 if args.smoke else 512
+    image = C.test_image(size)
+    preset = FAST_PRESETS["instructcv"]
+    systems = {"fast": fast_pipeline(pipe, "instructcv"),
+               "fast_deep_cache2": fast_pipeline(pipe, "instructcv", dataclasses.replace(preset, deep_cache=2))}
+
+    def run(p, kwargs):
+        t0 = time.perf_counter()
+        img = p("turn it into a painting", image=image, generator=torch.Generator().manual_seed(0), max_side=None,
+                output_type="np", **kwargs).images
+        sync(args.device)
+        return time.perf_counter() - t0, img
+
+    default_kwargs = {"num_inference_steps": 20}
+    out: dict[str, Any] = {"size": size, "dtype": args.dtypes[0], "preset": preset.__dict__}
+    try:
+        for name, (p, kwargs) in systems.items():
+            run(p, kwargs)
+            run(pipe, default_kwargs)
+            ratios, diffs = [], []
+            for i in range(args.pairs):
+                order = [("fast", p, kwargs), ("default", pipe, default_kwargs)]
+                res = {tag: run(q, kw) for tag, q, kw in (order if i % 2 == 0 else order[::-1])}
+                (t_fast, img_fast), (t_def, img_def) = res["fast"], res["default"]
+                ratios.append(t_fast / t_def)
+                diffs.append(float(abs(img_fast - img_def).max()))
+            out[name] = {"time_ratio_median": C.median(ratios), "time_ratio_min": min(ratios), "time_ratio_max": max(ratios),
+                         "speedup": 1 / C.median(ratios), "max_abs_diff_to_default": max(diffs), "pairs": len(ratios)}
+            report.set("fast", out)
+    except SectionTimeout as e:
+        out["stopped"] = str(e)
+    report.set("fast", out)
+    print_section("fast", out)
+
+
+def accelerate_section(args, clock: Clock, report: Report, keep: dict) -> None:
+    """One trainer step per accelerate config, each in its own `accelerate launch` process."""
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    configs = {"ddp_cpu": "configs/accelerate/ddp.yaml"} if args.smoke else ACCELERATE_CONFIGS
+    out: dict[str, Any] = {}
+    for name, config in configs.items():
+        if name == "deepspeed_zero2" and C.try_import("deepspeed") is None:
+            out[name] = {"skipped": "deepspeed is not installed (pip install deepspeed)"}
+            continue
+        left = clock.left() - 6
+        if left < 20:
+            out[name] = {"skipped": f"budget spent ({clock.left():.0f} s left)"}
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes", "1",
+                   *(["--cpu"] if args.smoke else []), "train/train.py", "--config", "configs/train/instructcv_shapes.yaml",
+                   f"output_dir={tmp}/run", "train.max_steps=2", "train.batch_size=4", "data.num_samples=32",
+                   "data.cache=false", "validation.every=0", "train.ema=false"]
+            t0 = time.perf_counter()
+            try:
+                done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=min(left, CAPS["accelerate"] * args.budget))
+                rc, log = done.returncode, (done.stdout + done.stderr)
+            except subprocess.TimeoutExpired as e:
+                rc, log = "timeout", str(e.stdout or "") + str(e.stderr or "")
+            out[name] = {"config": config, "returncode": rc, "seconds": round(time.perf_counter() - t0, 1),
+                         "exported": (Path(tmp) / "run" / "final").is_dir(), "log_tail": log[-1200:]}
+        report.set("accelerate", out)
+    report.set("accelerate", out)
+    print_section("accelerate", {k: {kk: vv for kk, vv in v.items() if kk != "log_tail"} for k, v in out.items()})
+
+
+@torch.no_grad()
 def offload_section(args, clock: Clock, report: Report, keep: dict) -> None:
     device = args.device
     if device != "cuda":
@@ -389,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--pairs", type=int, default=None, help="interleaved editkit/diffusers pairs (default 3)")
     parser.add_argument("--pipe-steps", type=int, default=None, help="sampling steps per pipeline call (default 10, smoke 2)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["unet", "sd3", "ip2p", "offload", "compile_unet", "compile_sd3"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=list(CAPS))
     args = parser.parse_args(argv)
     wall0 = _T0
     from diffusers.utils import logging as dlogging
@@ -419,9 +506,11 @@ def main(argv: list[str] | None = None) -> int:
         ("unet", lambda: run_backbone_section("unet", build_unet, args, clock, report, keep)),
         ("sd3", lambda: run_backbone_section("sd3", build_sd3_backbone, args, clock, report, keep)),
         ("ip2p", lambda: ip2p_section(args, clock, report, keep)),
+        ("fast", lambda: fast_section(args, clock, report, keep)),
         ("offload", lambda: offload_section(args, clock, report, keep)),
         ("compile_unet", lambda: compile_section("unet", args, clock, report, keep)),
         ("compile_sd3", lambda: compile_section("sd3", args, clock, report, keep)),
+        ("accelerate", lambda: accelerate_section(args, clock, report, keep)),
     ]
     reserve = 4.0  # seconds kept back for the final write
     for name, fn in plan:
