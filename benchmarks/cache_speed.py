@@ -4,9 +4,8 @@
 
 Candidates:
     instructcv, promptfix   DeepCache (editkit.deep_cache; SpeedPreset.deep_cache) at intervals 2 and 3
-    dream                   diffusers' FirstBlockCacheConfig on Dream Engine's MM-DiT at thresholds 0.05-0.2
-UNIC-Adapter (a control stream the block hooks do not carry) and PixWizard (tokens dropped between layers)
-have no candidate: docs/performance.md says why.
+    dream, pixwizard        diffusers' FirstBlockCacheConfig on the transformer at thresholds 0.05-0.2
+UNIC-Adapter has no candidate: its blocks return a control stream the block hooks do not carry.
 
 Quality is `editkit eval`'s headline metric and PSNR to the target per task (benchmarks/speed_quality.py's
 `quality`); time is wall seconds per image in interleaved pairs against the preset without a cache.
@@ -34,6 +33,7 @@ CANDIDATES: dict[str, list[tuple[str, float]]] = {
     "instructcv": [("deep_cache", 2), ("deep_cache", 3)],
     "promptfix": [("deep_cache", 2)],
     "dream": [("first_block_cache", 0.05), ("first_block_cache", 0.1), ("first_block_cache", 0.2)],
+    "pixwizard": [("first_block_cache", 0.05), ("first_block_cache", 0.1), ("first_block_cache", 0.2)],
 }
 
 

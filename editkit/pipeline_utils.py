@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -66,6 +67,15 @@ def match_rows(embeds: torch.Tensor, rows: int, name: str) -> torch.Tensor:
     if embeds.shape[0] == 1:
         return embeds.expand(rows, *embeds.shape[1:])
     raise ValueError(f"`{name}` has {embeds.shape[0]} rows for a batch of {rows}; pass {rows} or 1.")
+
+
+def cache_scope(backbone: torch.nn.Module, name: str) -> contextlib.AbstractContextManager:
+    """diffusers' cache hooks keep one state per `cache_context`; name it by the call's shapes (batch, text
+    length) so a guidance interval or a per-length call never compares residuals of different shapes.
+    A no-op for a backbone without a cache enabled."""
+    if getattr(backbone, "is_cache_enabled", False):
+        return backbone.cache_context(name)
+    return contextlib.nullcontext()
 
 
 def check_output_type(output_type: str) -> None:

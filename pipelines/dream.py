@@ -17,7 +17,6 @@ t = sigma * 1000 and predicts noise - x0.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -43,7 +42,7 @@ from editkit.modeling.dream_encoder import (
     task_prompts,
 )
 from editkit.numerics import check_finite
-from editkit.pipeline_utils import EditPipelineMixin, EditPipelineOutput, check_output_type, format_images, match_rows
+from editkit.pipeline_utils import EditPipelineMixin, EditPipelineOutput, cache_scope, check_output_type, format_images, match_rows
 
 # v = null + g (full - null); the null keeps the task prefix and the images.
 DREAM_GUIDANCE = GuidanceRule(
@@ -80,14 +79,6 @@ def build_conditioning(states: torch.Tensor, null_states: torch.Tensor, dtype: t
     if lengths is not None:
         conds[TEXT_LENGTH] = Condition(lengths, lengths, "text")
     return Conditioning(conds)
-
-
-def cache_scope(transformer: DreamTransformer2DModel, name: str) -> contextlib.AbstractContextManager:
-    """diffusers' cache hooks keep one state per context: one per batch and text shape, so a guidance interval
-    or a per-length call never compares residuals of different shapes. A no-op without a cache."""
-    if getattr(transformer, "is_cache_enabled", False):
-        return transformer.cache_context(name)
-    return contextlib.nullcontext()
 
 
 def transformer_forward(transformer: DreamTransformer2DModel, latent_input: torch.Tensor, cond: dict[str, torch.Tensor],

@@ -55,6 +55,7 @@ from editkit.pipeline_utils import (
     EditPipelineMixin,
     EditPipelineOutput,
     broadcast_batch,
+    cache_scope,
     check_output_type,
     embeds_placeholders,
     finish_images,
@@ -184,7 +185,8 @@ def build_conditioning(text: torch.Tensor, text_mask: torch.Tensor, pooled: torc
 def transformer_forward(transformer: PixWizardTransformer2DModel, latent_input: torch.Tensor, cond: dict[str, torch.Tensor],
                         timestep: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """The backbone call; keeps the first `in_channels` output channels (learn_sigma)."""
-    out = transformer(latent_input, timestep, return_dict=False, **cond, **kwargs)[0]
+    with cache_scope(transformer, f"rows{latent_input.shape[0]}"):
+        out = transformer(latent_input, timestep, return_dict=False, **cond, **kwargs)[0]
     config = getattr(transformer, "module", transformer).config  # unwrap DDP
     return out[:, : config.in_channels]
 

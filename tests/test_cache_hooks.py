@@ -1,16 +1,20 @@
-"""diffusers' own cache hooks on Dream Engine's MM-DiT: the last joint block keeps SD3's output and gives the
-hooks a text stream, FirstBlockCache at threshold 0 changes nothing, at a high threshold it really skips the
-remaining blocks, and the pipeline keeps one cache state per batch shape (the guidance interval changes it)."""
+"""diffusers' own cache hooks on Dream Engine's MM-DiT and PixWizard's DiT: Dream's last joint block keeps SD3's
+output and gives the hooks a text stream, FirstBlockCache at threshold 0 changes nothing, at a high threshold it
+really skips the remaining blocks, and each pipeline keeps one cache state per batch shape (the guidance interval
+changes it)."""
 
 from __future__ import annotations
 
 import numpy as np
+import PIL.Image
+import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig
 from diffusers.models.attention import JointTransformerBlock
 
-from editkit.pipelines.dream import DreamEnginePipeline
-from editkit.testing.dream import tiny_dream_components, tiny_dream_transformer
+from editkit.conditioning import EditRequest
+from editkit.loading import default_model, load_pipeline
+from editkit.testing.dream import tiny_dream_transformer
 
 
 def count_calls(module: torch.nn.Module) -> list[int]:
@@ -56,21 +60,25 @@ def test_first_block_cache_skips_only_above_its_threshold():
             assert all(torch.isfinite(c).all() for c in cached)
 
 
-def test_pipeline_keeps_a_cache_state_per_batch_shape():
-    pipe = DreamEnginePipeline(**tiny_dream_components())
+@pytest.mark.parametrize("method", ["dream", "pixwizard"])
+def test_pipeline_keeps_a_cache_state_per_batch_shape(method, one_torch_thread):
+    pipe = load_pipeline(method, str(default_model(method)), "cpu", "fp32")
     pipe.set_progress_bar_config(disable=True)
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    blocks = pipe.transformer.transformer_blocks if method == "dream" else pipe.transformer.layers
 
     def run() -> np.ndarray:
-        return pipe("a red circle", num_inference_steps=4, guidance_scale=3.0, guidance_interval=(0.0, 0.5),
-                    generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+        return pipe.edit(EditRequest("make it red", image=image), num_inference_steps=4, guidance_interval=(0.0, 0.5),
+                         generator=torch.Generator().manual_seed(0), output_type="np").images[0]
 
     plain = run()
     pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.0))
     exact = run()
     pipe.transformer.disable_cache()
-    middle = count_calls(pipe.transformer.transformer_blocks[1].attn)
+    middle = count_calls(blocks[1].attn if method == "dream" else blocks[1].attn1.to_k)
     pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=1e6))
-    skipping = run()  # two guided steps (2 rows), two unguided (1 row): a first, computed call for each shape
+    skipping = run()  # two guided steps (2+ rows), two unguided (1 row): a first, computed call for each shape
     pipe.transformer.disable_cache()
     assert np.array_equal(exact, plain)
     assert middle[0] == 2 and np.isfinite(skipping).all() and np.abs(skipping - plain).max() > 1e-4
+    assert np.array_equal(run(), plain)  # disable_cache restores the plain model

@@ -30,6 +30,8 @@ from diffusers.models import CacheMixin
 from diffusers.models.attention import JointTransformerBlock
 from torch import nn
 
+from .cache_blocks import register_cache_block
+
 # Official module names (DirectMap model) -> where they sit in a diffusers SD3 transformer.
 CONTEXT_ADAPTER = "context_embedder"
 POOLED_ADAPTER = "time_text_embed.text_embedder"
@@ -98,14 +100,6 @@ class FinalJointTransformerBlock(JointTransformerBlock):
         return encoder_hidden_states, hidden_states
 
 
-def register_cache_blocks() -> None:
-    """Tell diffusers' cache hooks where FinalJointTransformerBlock returns its two streams (as JointTransformerBlock)."""
-    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry  # the registry the hooks read
-
-    TransformerBlockRegistry.register(FinalJointTransformerBlock, TransformerBlockMetadata(return_hidden_states_index=1,
-                                                                                           return_encoder_hidden_states_index=0))
-
-
 class DreamTransformer2DModel(CacheMixin, SD3Transformer2DModel):
     """A stock SD3 MM-DiT whose text embedders are Dream Engine's two adapters.
 
@@ -161,7 +155,7 @@ class DreamTransformer2DModel(CacheMixin, SD3Transformer2DModel):
         )
 
     def enable_cache(self, config) -> None:
-        register_cache_blocks()
+        register_cache_block(FinalJointTransformerBlock, hidden_index=1, encoder_index=0)  # as diffusers' JointTransformerBlock
         super().enable_cache(config)
 
     def sd3_config(self) -> dict:

@@ -44,7 +44,11 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import LuminaLayerNormContinuous, RMSNorm
 from diffusers.models.transformers.lumina_nextdit2d import LuminaNextDiT2DModel, LuminaNextDiTBlock
 
+from diffusers.models import CacheMixin
+
 from editkit.attention import AttentionBackendMixin, attend
+
+from .cache_blocks import register_cache_block
 
 TOKEN_SELECTIONS = ("topk", "gumbel")
 
@@ -205,7 +209,7 @@ class PixWizardBlock(AttentionBackendMixin, LuminaNextDiTBlock):
         return hidden_states + gate_mlp.unsqueeze(1).tanh() * self.ffn_norm2(mlp_output)
 
 
-class PixWizardTransformer2DModel(ModelMixin, ConfigMixin):
+class PixWizardTransformer2DModel(CacheMixin, ModelMixin, ConfigMixin):
     """PixWizard's DiT. Inputs: the noisy latent, the source image latent, Gemma (LLM) states with
     their mask, the pooled CLIP text embedding and the CLIP image tokens; output: the velocity
     (data - noise), `2 * in_channels` channels with `learn_sigma` (keep the first half).
@@ -215,6 +219,8 @@ class PixWizardTransformer2DModel(ModelMixin, ConfigMixin):
     official way by default (guidance on latent channels 0-2, the condition encoded with a posterior sample).
 
     `timestep` is in [0, 1] with 0 = noise (Lumina-Next's convention).
+    diffusers' block caches work on it: `transformer.enable_cache(FirstBlockCacheConfig(threshold=0.1))` (the
+    hidden stream keeps its shape through the blocks; the pipeline sets a cache context per batch size).
     """
 
     _supports_gradient_checkpointing = True
@@ -324,6 +330,10 @@ class PixWizardTransformer2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"`image_embeds` must be (B={b}, N, {c.image_embed_dim}) CLIP tokens, got {tuple(image_embeds.shape)}.")
 
     # -- forward ------------------------------------------------------------------
+
+    def enable_cache(self, config) -> None:
+        register_cache_block(PixWizardBlock, hidden_index=0, encoder_index=None)  # one tensor out: the hidden stream
+        super().enable_cache(config)
 
     def forward(
         self,
