@@ -13,7 +13,6 @@ Quality is `editkit eval`'s headline metric and PSNR to the target per task (ben
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from collections.abc import Callable
@@ -26,7 +25,6 @@ import speed_quality as SQ  # noqa: E402
 import torch  # noqa: E402
 from diffusers.hooks import FirstBlockCacheConfig  # noqa: E402
 
-from editkit.loading import default_model, load_pipeline  # noqa: E402
 from editkit.speed import FAST_PRESETS  # noqa: E402
 
 CANDIDATES: dict[str, list[tuple[str, float]]] = {
@@ -54,19 +52,13 @@ def with_cache(pipe, kind: str, value: float, fn: Callable[[], object]) -> Calla
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default=",".join(CANDIDATES))
-    parser.add_argument("--split", default="val", choices=("val", "test"))
-    parser.add_argument("--n", type=int, default=20)
-    parser.add_argument("--pairs", type=int, default=6)
+    parser = SQ.base_parser(__doc__, list(CANDIDATES), "val", 20)
     parser.add_argument("--no-quality", action="store_true", help="time only")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     report: dict = {"split": args.split, "n_per_task": args.n, "methods": {}, "machine": C.machine()}
     for method in args.methods.split(","):
-        pipe = load_pipeline(method, str(default_model(method)), "cpu", "fp32")
-        pipe.set_progress_bar_config(disable=True)
+        pipe = SQ.shipped(method)
         base = FAST_PRESETS[method]
         base_run = SQ.one_image(pipe, method, base)
         entry: dict = {"preset": base.__dict__, "candidates": []}

@@ -92,21 +92,33 @@ def one_image(system, method: str, preset: SpeedPreset | None):
                            **{**EXTRA.get(method, {}), **kwargs})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default=",".join(TASKS))
-    parser.add_argument("--split", default="test", choices=("val", "test"))
-    parser.add_argument("--n", type=int, default=50)
+def base_parser(doc: str, methods: list[str], split: str, n: int) -> argparse.ArgumentParser:
+    """The options every speed/quality benchmark shares: methods, split, samples per task, timing pairs, out."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(methods))
+    parser.add_argument("--split", default=split, choices=("val", "test"))
+    parser.add_argument("--n", type=int, default=n)
     parser.add_argument("--pairs", type=int, default=6)
+    parser.add_argument("--out", default=None)
+    return parser
+
+
+def shipped(method: str):
+    """The method's shipped tiny model, fp32 on CPU, quiet."""
+    pipe = load_pipeline(method, str(default_model(method)), "cpu", "fp32")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__, list(TASKS), "test", 50)
     parser.add_argument("--sweep", action="store_true", help="score the candidate fast settings (choose on val)")
     parser.add_argument("--sweep-only", default=None, help="with --sweep: comma-separated indices into SWEEP")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     report: dict = {"split": args.split, "n_per_task": args.n, "methods": {}, "machine": C.machine()}
     for method in args.methods.split(","):
-        pipe = load_pipeline(method, str(default_model(method)), "cpu", "fp32")
-        pipe.set_progress_bar_config(disable=True)
+        pipe = shipped(method)
         entry: dict = {"tasks": TASKS[method]}
         if args.sweep:
             entry["sweep"] = []
