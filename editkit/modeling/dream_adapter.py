@@ -113,6 +113,8 @@ class DreamTransformer2DModel(CacheMixin, SD3Transformer2DModel):
     (the pipeline sets a cache context per batch shape; docs/performance.md).
     """
 
+    _no_split_modules = ["JointTransformerBlock", "FinalJointTransformerBlock"]  # device_map="auto" keeps each block whole
+
     @register_to_config
     def __init__(
         self,
