@@ -132,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
             ref = ip2p_reference(pipe) if method == "instructcv" else pipe
             systems = {"reference": (ref, None), "default": (pipe, None), "fast": (pipe, FAST_PRESETS[method])}
             entry["fast_preset"] = FAST_PRESETS[method].__dict__
-            entry["quality"] = {name: quality(s, method, TASKS[method], args.n, args.split, p) for name, (s, p) in systems.items()}
+            entry["quality"] = {name: quality(s, method, TASKS[method], args.n, args.split, p)
+                                for name, (s, p) in systems.items() if name != "reference" or ref is not pipe}
+            if ref is pipe:  # the reference is editkit's own default: the same images, scored once
+                entry["quality"]["reference"] = entry["quality"]["default"]
             ref_run = one_image(ref, method, None)
             entry["time"] = {name: C.interleaved_pairs(one_image(s, method, p), ref_run, args.pairs)
                              for name, (s, p) in systems.items() if name != "reference"}
