@@ -360,7 +360,7 @@ def test_batches_group_rows_of_one_size_and_give_the_single_row_records(tmp_path
         return {r["id"]: r.get("metrics") for r in map(json.loads, (tmp_path / run / "results.jsonl").read_text().splitlines())}
 
     assert recs("b") == recs("one")
-    with pytest.raises(ValueError, match="`batch_size` must be >= 1"):
+    with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
         run_benchmark(editor, rows, "folder", tmp_path / "c", progress=False, batch_size=0)
 
 

@@ -31,6 +31,7 @@ from editkit.data import Sample
 from .adapters import ADAPTERS
 from .bench_metrics import METRICS, Clip, Dino, Lpips, missing_models, score_row
 from .datasets import BadRow, EditRow, LoadedRow, load_row
+from .harness import positive_int
 
 Editor = Callable[[LoadedRow, PIL.Image.Image, int], PIL.Image.Image]  # (row, source to edit, seed) -> output
 THUMB = 256
@@ -199,8 +200,7 @@ def run_benchmark(edit: Editor, rows: list[EditRow], fmt: str, out: str | Path, 
     batch of 1 gives (editkit's pipelines are batch-independent; tests/test_conformance.py)."""
     if multi_turn and fmt != "magicbrush":
         raise ValueError(f"--multi-turn is MagicBrush's setting; --format {fmt} has no edit sessions.")
-    if int(batch_size) < 1:
-        raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
+    batch_size = positive_int(batch_size, "batch_size")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     units = chains(rows) if multi_turn else [[r] for r in rows]
@@ -209,7 +209,7 @@ def run_benchmark(edit: Editor, rows: list[EditRow], fmt: str, out: str | Path, 
     done = read_done(results)
     todo = [(i, u) for i, u in enumerate(units) if unit_key(u, multi_turn) not in done]
     if batch_size > 1 and not multi_turn and hasattr(edit, "batch"):
-        records = batched_records(edit, todo, int(batch_size), fmt, seed, out, clip, dino, lpips)
+        records = batched_records(edit, todo, batch_size, fmt, seed, out, clip, dino, lpips)
     else:
         records = (run_unit(edit, unit, fmt, seed + i, out, clip, dino, multi_turn, lpips) for i, unit in todo)
     bar = None
