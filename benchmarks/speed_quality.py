@@ -38,11 +38,11 @@ TASKS = {
 }
 DEFAULT_STEPS = 20
 EXTRA = {"promptfix": {"hgs_mode": "off"}}  # HGS is its own cost study (docs/hgs.md)
-SOLVER_METHODS = ("instructcv", "promptfix")  # the DDPM-family UNets; the flow pipelines keep their Euler flow solver
+UNET_METHODS = ("instructcv", "promptfix")  # DDPM-family UNets: the only ones a multistep solver or DeepCache serves
 SWEEP = [SpeedPreset(20), SpeedPreset(10), SpeedPreset(10, (0.0, 0.5)), SpeedPreset(10, (0.25, 0.75)),
          SpeedPreset(10, None, "dpmpp_2m"), SpeedPreset(10, (0.0, 0.5), "dpmpp_2m"), SpeedPreset(6, (0.0, 0.5), "dpmpp_2m"),
          SpeedPreset(10, (0.0, 0.5), None, 2), SpeedPreset(10, (0.0, 0.5), None, 3), SpeedPreset(10, (0.0, 0.5), "dpmpp_2m", 2)]
-UNET_METHODS = ("instructcv", "promptfix")  # DeepCache (SpeedPreset.deep_cache) is for UNets
+
 
 def ip2p_reference(pipe):
     """diffusers' own InstructPix2Pix pipeline on InstructCV's components, called like editkit's adapter."""
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             entry["sweep"] = []
             chosen = SWEEP if args.sweep_only is None else [SWEEP[int(i)] for i in args.sweep_only.split(",")]
-            for preset in (p for p in chosen if (p.solver is None or method in SOLVER_METHODS)
+            for preset in (p for p in chosen if (p.solver is None or method in UNET_METHODS)
                            and (p.deep_cache is None or method in UNET_METHODS)):
                 q = quality(pipe, method, TASKS[method], args.n, args.split, preset)
                 entry["sweep"].append({"preset": preset.__dict__, "quality": q})
