@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             entry["sweep"] = []
             chosen = SWEEP if args.sweep_only is None else [SWEEP[int(i)] for i in args.sweep_only.split(",")]
-            for preset in (p for p in chosen if (p.solver is None or method in UNET_METHODS)
-                           and (p.deep_cache is None or method in UNET_METHODS)):
+            for preset in (p for p in chosen if (p.solver is None and p.deep_cache is None) or method in UNET_METHODS):
                 q = quality(pipe, method, TASKS[method], args.n, args.split, preset)
                 entry["sweep"].append({"preset": preset.__dict__, "quality": q})
                 print(method, preset, q, flush=True)
