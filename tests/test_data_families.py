@@ -319,6 +319,26 @@ def test_phrasings(task):
     assert not any(re.search(r"[{}]", t) for t in seen | seen_held)
 
 
+def _words(templates) -> set[str]:
+    return {w for t in templates for w in re.findall(r"[a-z']+", re.sub(r"\{[a-z]+\}", " ", t).lower())}
+
+
+def test_paraphrases_use_no_word_only_the_heldout_phrasings_use():
+    """phrasings.PARAPHRASES (training only) may add new verbs, but none that only a held-out phrasing has,
+    so `--heldout-phrasings` stays a test of unseen wording."""
+    from editkit.data.phrasings import CV_TASKS, HELDOUT, PARAPHRASES, TRAIN
+    from editkit.tasks.templates import HELDOUT_PROMPTS, RP_PROMPTS
+
+    seen = _words(t for pool in (*TRAIN.values(), *RP_PROMPTS.values()) for t in pool)
+    heldout_only = _words(t for pool in (*HELDOUT.values(), *HELDOUT_PROMPTS.values()) for t in pool) - seen
+    assert {"wipe", "backdrop", "hue", "switch", "rescale"} <= heldout_only
+    for task, pool in PARAPHRASES.items():
+        assert not _words(pool) & heldout_only, task
+        assert not set(pool) & set(heldout_phrasings(task)), task
+        assert len(set(pool) - set(train_phrasings(task))) >= 5, task
+        assert len(pool) >= 6 and (task in CV_TASKS or task in TRAIN)
+
+
 def test_heldout_generation_uses_heldout_phrasings():
     for task in ("recolor", "segment", "denoise", "combine"):
         held = {s.instruction for s in generate(task, 20, heldout=True)}

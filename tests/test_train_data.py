@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,47 @@ def test_instruction_noise_drop_rate():
     assert float(load_config(None, ["method=promptfix"]).train.instruction_noise_drop) == WORD_DROP == 0.25
     with pytest.raises(ValueError, match=r"instruction_noise_drop must be in \[0, 1\)"):
         load_config(None, ["method=promptfix", "train.instruction_noise=0.5", "train.instruction_noise_drop=1.0"])
+
+
+def test_noise_keeps_slot_words_and_drops_frame_words():
+    """`keep_words` (train.instruction_noise_keep_slots): the edit's arguments survive every rewrite, the frame does
+    not; without it the same draws drop argument words too. Same draws: a kept word only adds survivors."""
+    from editkit.data.phrasings import slot_words
+
+    text = "Change the color of the small red circle at the top left to green."
+    keep = slot_words()
+    args = [w for w in text.split() if w.strip(".").lower() in keep]
+    assert args == ["small", "red", "circle", "top", "left", "green."]
+    frame_kept = plain_args = 0
+    for seed in range(200):
+        out = noisy_instruction(text, torch.Generator().manual_seed(seed), drop=0.5, keep_words=keep).split()
+        plain = noisy_instruction(text, torch.Generator().manual_seed(seed), drop=0.5).split()
+        assert [w for w in out if w in args] == args  # all arguments, in order
+        assert set(plain) - set(text.split()) == set(out) - set(text.split())  # the same made-up words
+        frame_kept += sum(w in text.split() and w not in args for w in out)
+        plain_args += sum(w in args for w in plain)
+    assert 0.4 < frame_kept / (200 * (len(text.split()) - len(args))) < 0.6
+    assert 0.4 < plain_args / (200 * len(args)) < 0.6
+    cfg = load_config(None, ["train.instruction_noise=0.3", "train.instruction_noise_keep_slots=true"])
+    assert cfg.train.instruction_noise_keep_slots is True
+
+
+def test_paraphrases_change_only_the_wording():
+    """`data.paraphrases`: same scenes, more wordings; eval (paraphrase off) never sees them."""
+    from editkit.data.phrasings import PARAPHRASES, TRAIN
+    from editkit.data.shapes import make_sample
+
+    plain = ShapesPairs("recolor,segment", 400, 48)
+    rich = ShapesPairs("recolor,segment", 400, 48, paraphrase=True)
+    extra_starts = {t.split("{")[0] for t in PARAPHRASES["recolor"]} - {t.split("{")[0] for t in TRAIN["recolor"]}
+    n_extra = 0
+    for i in range(0, 400, 2):  # recolor items
+        a, b = plain[i], rich[i]
+        assert np.array_equal(np.asarray(a["source"]), np.asarray(b["source"]))
+        assert np.array_equal(np.asarray(a["target"]), np.asarray(b["target"]))
+        n_extra += any(b["instruction"].startswith(s) for s in extra_starts if s)
+    assert 80 < n_extra < 160  # 10 of 17 wordings, some sharing a start with a training one
+    cfg = load_config(None, ["data.paraphrases=true"])
+    assert build_dataset(cfg.data, seed=0).paraphrase is True
+    with pytest.raises(ValueError, match="cannot be combined with heldout"):
+        make_sample("recolor", heldout=True, paraphrase=True)

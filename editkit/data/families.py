@@ -164,6 +164,7 @@ class Ctx:
     prng: random.Random  # phrasing choice
     canvas: int
     heldout: bool = False
+    paraphrase: bool = False  # training only: draw from phrasings.PARAPHRASES too
 
     def choice(self, seq):
         return seq[int(self.rng.integers(len(seq)))]
@@ -302,7 +303,7 @@ def build_recolor(ctx: Ctx) -> Sample:
     objs = list(src.objects)
     objs[i] = replace(o, color=new)
     tgt = src.with_objects(objs)
-    text = phrase("recolor", ctx.prng, ctx.heldout, obj=o.name, color=new)
+    text = phrase("recolor", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, obj=o.name, color=new)
     return _edit_sample(ctx, "recolor", src, tgt, text, {"source_object": i, "target_object": i},
                         object=o.name, new_color=new)
 
@@ -312,7 +313,7 @@ def build_remove(ctx: Ctx, task: str = "remove") -> Sample:
     i = int(ctx.rng.integers(len(src.objects)))
     o = src.objects[i]
     tgt = src.with_objects(p for k, p in enumerate(src.objects) if k != i)
-    text = phrase(task, ctx.prng, ctx.heldout, obj=o.name)
+    text = phrase(task, ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, obj=o.name)
     s = _edit_sample(ctx, task, src, tgt, text, {"source_object": i, "target_object": None}, object=o.name)
     if task == "remove_object":
         s.auxiliary_prompt = ""  # PromptFix: object removal uses an empty auxiliary prompt
@@ -347,7 +348,7 @@ def build_add(ctx: Ctx) -> Sample:
     place, tgt, j = options[int(ctx.rng.integers(len(options)))]
     added = tgt.objects[j]
     desc = f"{added.size_class} {added.color} {added.shape}"
-    text = phrase("add", ctx.prng, ctx.heldout, new=desc, place=place)
+    text = phrase("add", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, new=desc, place=place)
     return _edit_sample(ctx, "add", src, tgt, text, {"source_object": None, "target_object": j},
                         object=added.name, new_object=added.to_dict(), place=place)
 
@@ -363,7 +364,7 @@ def build_move(ctx: Ctx) -> Sample:
         if options:
             break
     place, tgt, j = options[int(ctx.rng.integers(len(options)))]
-    text = phrase("move", ctx.prng, ctx.heldout, obj=o.name, place=place)
+    text = phrase("move", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, obj=o.name, place=place)
     return _edit_sample(ctx, "move", src, tgt, text, {"source_object": i, "target_object": j},
                         object=o.name, place=place, from_place=here)
 
@@ -391,7 +392,7 @@ def build_resize(ctx: Ctx) -> Sample:
         if is_valid(tgt):
             break
     bigger = step > 0
-    text = phrase("resize", ctx.prng, ctx.heldout, obj=o.name, adj="bigger" if bigger else "smaller",
+    text = phrase("resize", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, obj=o.name, adj="bigger" if bigger else "smaller",
                   verb="enlarge" if bigger else "shrink")
     return _edit_sample(ctx, "resize", src, tgt, text, {"source_object": i, "target_object": i},
                         object=o.name, bigger=bigger, new_size_class=cls)
@@ -401,7 +402,7 @@ def build_change_background(ctx: Ctx) -> Sample:
     src = _scene_with(ctx, 1, 4)
     bg = random_background(ctx.rng, ctx.canvas, BACKGROUND_KINDS, exclude=src.background)
     tgt = src.with_background(bg)
-    text = phrase("change_background", ctx.prng, ctx.heldout, bg=bg.describe())
+    text = phrase("change_background", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, bg=bg.describe())
     return _edit_sample(ctx, "change_background", src, tgt, text, {"background": True},
                         new_background=bg.to_dict())
 
@@ -435,7 +436,7 @@ def build_segment(ctx: Ctx) -> Sample:
     r = src.render()
     q = _query(ctx, src)
     m = np.isin(r.labels, q["objects"])
-    text = phrase("segment", ctx.prng, ctx.heldout, label=q["label"])
+    text = phrase("segment", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, label=q["label"])
     return _finish(ctx, "segment", source=r.image, target=encode_mask(m), instruction=text,
                    aux=_sentence(caption(src)), gt=_base_gt(src, query=q), extra_arrays={"mask": m})
 
@@ -461,7 +462,7 @@ def build_detect(ctx: Ctx) -> Sample:
         boxes = [list(visible_box(r.labels == i)) for i in q["objects"]]
         if _separated(boxes, gap):
             break
-    text = phrase("detect", ctx.prng, ctx.heldout, label=q["label"])
+    text = phrase("detect", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, label=q["label"])
     target = encode_boxes(r.image, boxes)
     return _finish(ctx, "detect", source=r.image, target=target, instruction=text,
                    aux=_sentence(caption(src)), gt=_base_gt(src, query=q, boxes=boxes),
@@ -471,7 +472,7 @@ def build_detect(ctx: Ctx) -> Sample:
 def build_depth(ctx: Ctx) -> Sample:
     src = _scene_with(ctx, 1, 4)
     r = src.render()
-    text = phrase("depth", ctx.prng, ctx.heldout)
+    text = phrase("depth", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase)
     return _finish(ctx, "depth", source=r.image, target=encode_depth(r.depth), instruction=text,
                    aux=_sentence(caption(src)), gt=_base_gt(src, depth_levels=[o.depth for o in src.objects]),
                    extra_arrays={"depth": r.depth})
@@ -485,7 +486,7 @@ def build_classify(ctx: Ctx) -> Sample:
     names = list(CLASS_COLORS)
     a, b = ctx.rng.choice(len(names), size=2, replace=False)
     pos, neg = names[int(a)], names[int(b)]
-    text = phrase("classify", ctx.prng, ctx.heldout, label=q["label"], pos=pos, neg=neg)
+    text = phrase("classify", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, label=q["label"], pos=pos, neg=neg)
     target = encode_class((ctx.canvas, ctx.canvas), present, pos, neg)
     q = {**q, "positive_color": pos, "negative_color": neg}
     return _finish(ctx, "classify", source=r.image, target=target, instruction=text,
@@ -585,7 +586,7 @@ def _control(ctx: Ctx, task: str) -> Sample:
     else:
         cond = segmentation_map(tgt)
     cap = caption(tgt)
-    text = phrase(task, ctx.prng, ctx.heldout, caption=cap)
+    text = phrase(task, ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, caption=cap)
     gt = _base_gt(tgt, target_scene=tgt.to_dict(), control=task.split("_to_")[0])
     return _finish(ctx, task, source=cond, target=r.image, instruction=text, aux=_sentence(cap), gt=gt)
 
@@ -605,7 +606,7 @@ def build_subject_driven(ctx: Ctx) -> Sample:
     parts = [f"the subject at the {place}"]
     parts += [f"a {o.size_class} {o.color} {o.shape} at the {o.place(ctx.canvas)}" for o in others]
     cap = " and ".join(parts) + f" on {_bg_phrase(tgt.background)}"
-    text = phrase("subject_driven", ctx.prng, ctx.heldout, caption=cap)
+    text = phrase("subject_driven", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, caption=cap)
     gt = _base_gt(tgt, target_scene=tgt.to_dict(), subject=tgt.objects[j].to_dict(), subject_index=j, place=place)
     return _finish(ctx, "subject_driven", source=ref, target=tgt.render().image, instruction=text,
                    aux=_sentence(caption(tgt)), gt=gt, references=[ref])
@@ -643,7 +644,7 @@ def build_mark(ctx: Ctx) -> Sample:
     target = r.image.copy()
     blend = np.rint((1 - MARK_OPACITY) * r.image[m].astype(np.float32) + MARK_OPACITY * np.array(MARKERS[marker], np.float32))
     target[m] = blend.astype(np.uint8)
-    text = phrase("mark", ctx.prng, ctx.heldout, obj=o.name, marker=marker)
+    text = phrase("mark", ctx.prng, ctx.heldout, paraphrase=ctx.paraphrase, obj=o.name, marker=marker)
     q = {"label": o.name, "kind": "colored", "objects": [i], "present": True}
     return _finish(ctx, "mark", source=r.image, target=target, instruction=text, aux=_sentence(caption(src)),
                    gt=_base_gt(src, query=q, marker=marker, opacity=MARK_OPACITY), extra_arrays={"mask": m})

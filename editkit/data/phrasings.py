@@ -2,6 +2,11 @@
 
 `TRAIN[task]` holds the phrasings used for training (at least 6 per task) and
 `HELDOUT[task]` a disjoint set kept for generalisation tests (at least 3).
+`PARAPHRASES[task]` are extra training-only wordings (`data.paraphrases`): more
+verbs per task, so a from-scratch text encoder learns that the arguments (object,
+colour, size word, place, background), not one verb, say what to do. They are not
+evaluated, and they use no word that only the held-out phrasings use
+(tests/test_data_families.py checks), so the held-out test stays unseen.
 The cv tasks (segment, detect, depth, classify) take their phrasings from
 `editkit.tasks.templates` (RP_PROMPTS for training, HELDOUT_PROMPTS held out),
 so the benchmark asks exactly what the InstructCV codecs expect.
@@ -347,6 +352,97 @@ HELDOUT: dict[str, tuple[str, ...]] = {
     ),
 }
 
+PARAPHRASES: dict[str, tuple[str, ...]] = {
+    "recolor": (
+        "Color the {obj} {color}.",
+        "Change the {obj} to {color}.",
+        "Fill the {obj} with {color}.",
+        "Use {color} for the {obj}.",
+        "Set the color of the {obj} to {color}.",
+        "Repaint the {obj} {color}.",
+        "Recolour the {obj} {color}.",
+        "Let the {obj} be {color}.",
+        "Convert the {obj} into a {color} one.",
+        "{color} is the new color of the {obj}.",
+    ),
+    "remove": (
+        "Remove the {obj} from the picture.",
+        "Erase the {obj}.",
+        "Take out the {obj}.",
+        "Delete the {obj} and keep the background.",
+        "Get the {obj} out of the image.",
+        "Hide the {obj}.",
+        "Eliminate the {obj}.",
+        "The {obj} should be gone.",
+        "Cut the {obj} from the scene.",
+        "Leave out the {obj}.",
+    ),
+    "add": (
+        "Add a {new} to the {place}.",
+        "Create a {new} at the {place}.",
+        "Paint a {new} at the {place}.",
+        "At the {place}, add a {new}.",
+        "A {new} should appear at the {place}.",
+        "Show a {new} at the {place}.",
+        "Make a {new} at the {place}.",
+        "Give the image a {new} at the {place}.",
+        "Put in a {new} at the {place}.",
+        "Render a {new} at the {place}.",
+    ),
+    "move": (
+        "Move the {obj} over to the {place}.",
+        "Move the {obj} across to the {place}.",
+        "Place the {obj} at the {place}.",
+        "Carry the {obj} to the {place}.",
+        "Push the {obj} to the {place}.",
+        "The {obj} should be at the {place}.",
+        "Send the {obj} to the {place}.",
+        "Move the {obj} so that it is at the {place}.",
+        "Change the position of the {obj} to the {place}.",
+        "Take the {obj} to the {place}.",
+    ),
+    "resize": (
+        "Make the {obj} a little {adj}.",
+        "Change the {obj} so that it is {adj}.",
+        "The {obj} must be {adj}.",
+        "Draw the {obj} {adj}.",
+        "Adjust the size of the {obj}: {adj}.",
+        "Scale the {obj} to be {adj}.",
+        "Resize the {obj}, {adj}.",
+        "{verb} the {obj} in place.",
+        "Show the {obj} {adj}.",
+        "Render the {obj} {adj}.",
+    ),
+    "change_background": (
+        "Turn the background into {bg}.",
+        "Paint the background {bg}.",
+        "Put the objects on {bg}.",
+        "The background should be {bg}.",
+        "Change the background of the image to {bg}.",
+        "Give the image a background of {bg}.",
+        "Draw {bg} as the new background.",
+        "Exchange the background for {bg}.",
+        "Fill the background with {bg}.",
+        "Show the objects on {bg}.",
+    ),
+    "segment": (
+        "Segment the {label}.",
+        "Make a white mask of the {label} on black.",
+        "Mask the {label}.",
+        "Output the mask of the {label}.",
+        "Show the {label} as a white region on a black background.",
+        "Create a white silhouette of the {label}.",
+    ),
+    "detect": (
+        "Box the {label} in blue.",
+        "Draw blue bounding boxes around the {label}.",
+        "Detect the {label} with blue boxes.",
+        "Put a blue box on each {label}.",
+        "Show where each {label} is with a blue box.",
+        "Outline the {label} with a blue rectangle.",
+    ),
+}
+
 CV_TASKS: tuple[str, ...] = ("segment", "detect", "depth", "classify")
 
 
@@ -362,15 +458,36 @@ def heldout_phrasings(task: str) -> tuple[str, ...]:
     return HELDOUT[task]
 
 
-def phrase(task: str, rng: random.Random, heldout: bool = False, **fields: str) -> str:
-    """Draw one phrasing for `task` and fill it in. cv tasks go through `build_prompt`."""
+def phrase(task: str, rng: random.Random, heldout: bool = False, *, paraphrase: bool = False, **fields: str) -> str:
+    """Draw one phrasing for `task` and fill it in. cv tasks go through `build_prompt`.
+
+    `paraphrase=True` (training only) draws from the training phrasings and `PARAPHRASES` together."""
+    if paraphrase and heldout:
+        raise ValueError("paraphrase=True draws training wordings; it cannot be combined with heldout=True")
+    extra = PARAPHRASES.get(task, ()) if paraphrase else ()
     if task in CV_TASKS:
         label = fields.get("label")
         kw = {}
         if task == "classify":
             kw = {"pos": fields["pos"], "neg": fields["neg"]}
+        base = _cv_templates.RP_PROMPTS[task]
+        if extra and rng.randrange(len(base) + len(extra)) >= len(base):
+            return extra[rng.randrange(len(extra))].format(label=label)
         return _cv_templates.build_prompt(task, label, style="rp", heldout=heldout, rng=rng, **kw)
-    pool = HELDOUT[task] if heldout else TRAIN[task]
+    pool = HELDOUT[task] if heldout else TRAIN[task] + extra
     template = pool[rng.randrange(len(pool))]
     text = template.format(**fields)
     return text[0].upper() + text[1:]
+
+
+def slot_words() -> frozenset[str]:
+    """Every word a filled slot can bring (colours, shapes, sizes, places, backgrounds), lower case: the words
+    instruction noise keeps (`train.instruction_noise_keep_slots`), since they carry the edit's arguments."""
+    from editkit.tasks.colors import COLORS
+
+    from .scene import BACKGROUND_COLORS, OBJECT_COLORS, PLACES, SHAPES, SIZE_CLASSES
+
+    names = [*OBJECT_COLORS, *BACKGROUND_COLORS, *SHAPES, *SIZE_CLASSES, *PLACES, *COLORS]
+    names += ["bigger", "smaller", "enlarge", "shrink", "plain", "horizontal", "vertical", "gradient", "stripes",
+              "checkerboard"]
+    return frozenset(w for n in names for w in n.lower().split())

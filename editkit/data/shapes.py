@@ -83,8 +83,10 @@ def sample_rng(task: str, split: str, index: int, seed: int = 0) -> np.random.Ge
 
 
 def make_sample(task: str, split: str = "train", index: int = 0, size: int = 64, *, seed: int = 0,
-                heldout: bool = False) -> Sample:
-    """One sample: a pure function of (task, split, index, size, seed, heldout)."""
+                heldout: bool = False, paraphrase: bool = False) -> Sample:
+    """One sample: a pure function of (task, split, index, size, seed, heldout, paraphrase).
+
+    `paraphrase=True` (training) also draws instructions from `phrasings.PARAPHRASES`; the scene is the same."""
     names = parse_tasks([task], "task")
     if len(names) != 1:
         raise ValueError(f"`task` must name a single task (not a family or list); got {task!r}.")
@@ -92,7 +94,7 @@ def make_sample(task: str, split: str = "train", index: int = 0, size: int = 64,
     size = check_canvas_size(size, "size")
     rng = sample_rng(task, split, index, seed)
     prng = random.Random(int(rng.integers(2**63)))
-    s = BUILDERS[task](Ctx(rng=rng, prng=prng, canvas=size, heldout=heldout))
+    s = BUILDERS[task](Ctx(rng=rng, prng=prng, canvas=size, heldout=heldout, paraphrase=paraphrase))
     s.split, s.index = split, int(index)
     s.ground_truth["sample"] = {"task": task, "split": split, "index": int(index), "seed": int(seed),
                                 "size": size, "heldout_phrasing": bool(heldout)}

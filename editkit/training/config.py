@@ -39,6 +39,7 @@ DEFAULTS: dict = {
         "size": 64,
         "num_samples": 20000,  # shapes: samples per epoch drawn on the fly
         "heldout_phrasings": False,
+        "paraphrases": False,  # shapes: also train on phrasings.PARAPHRASES (more verbs per task; never evaluated)
         "task_weights": None,  # shapes: {task: whole number}, e.g. {colorize: 3}; unlisted tasks weigh 1
         "buckets": False,  # aspect-ratio buckets for mixed sizes
         "bucket_sizes": [[64, 64]],
@@ -66,6 +67,7 @@ DEFAULTS: dict = {
         "conditioning_dropout": 0.05,
         "instruction_noise": 0.0,  # share of instructions rewritten with dropped and made-up words (InstructCV, PixWizard, PromptFix)
         "instruction_noise_drop": 0.25,  # in a rewritten instruction, the probability each word is dropped (prompts.WORD_DROP)
+        "instruction_noise_keep_slots": False,  # never drop the argument words (colours, shapes, sizes, places): phrasings.slot_words
         "prediction_type": None,  # epsilon | v_prediction; null = the scheduler's
         "zero_terminal_snr": False,  # UNet methods: rescaled betas, pure noise at the last step (needs v_prediction)
         "ema": False,

@@ -44,11 +44,12 @@ class ShapesPairs(Dataset):
     """
 
     def __init__(self, tasks: str, num_samples: int, size: int, split: str = "train", seed: int = 0, heldout: bool = False,
-                 task_weights: dict[str, int] | None = None):
+                 task_weights: dict[str, int] | None = None, paraphrase: bool = False):
         from editkit.data.shapes import parse_tasks
 
         self.tasks = parse_tasks(tasks, "data.tasks")
         self.num_samples, self.size, self.split, self.seed, self.heldout = int(num_samples), int(size), split, int(seed), heldout
+        self.paraphrase = bool(paraphrase)
         if self.num_samples < 1:
             raise ValueError(f"data.num_samples must be >= 1, got {num_samples}")
         weights = dict(task_weights or {})
@@ -77,7 +78,7 @@ class ShapesPairs(Dataset):
         from editkit.data.shapes import make_sample
 
         task, index = self.task_index(i)
-        s = make_sample(task, self.split, index, self.size, seed=self.seed, heldout=self.heldout)
+        s = make_sample(task, self.split, index, self.size, seed=self.seed, heldout=self.heldout, paraphrase=self.paraphrase)
         return {"index": i, "source": s.source, "target": s.target, "instruction": s.instruction, "auxiliary_prompt": s.auxiliary_prompt, "task": s.task,
                 "references": list(s.references)}
 
@@ -169,7 +170,8 @@ class HFPairs(Dataset):
 def build_dataset(data_cfg, seed: int, split: str = "train") -> Dataset:
     if data_cfg.source == "shapes":
         weights = OmegaConf.to_container(data_cfg.task_weights) if isinstance(data_cfg.task_weights, DictConfig) else data_cfg.task_weights
-        return ShapesPairs(data_cfg.tasks, data_cfg.num_samples, data_cfg.size, split, seed, bool(data_cfg.heldout_phrasings), weights)
+        return ShapesPairs(data_cfg.tasks, data_cfg.num_samples, data_cfg.size, split, seed, bool(data_cfg.heldout_phrasings), weights,
+                           bool(data_cfg.paraphrases))
     if data_cfg.source == "folder":
         return FolderPairs(data_cfg.path)
     return HFPairs(data_cfg.path)

@@ -22,10 +22,17 @@ def _randint(low: int, high: int, generator: torch.Generator) -> int:
     return int(torch.randint(low, high + 1, (), generator=generator))
 
 
-def noisy_instruction(text: str, generator: torch.Generator, drop: float = WORD_DROP, max_inserted: int = 3) -> str:
-    """Drop each word with probability `drop` (one word always survives), insert 1..max_inserted made-up words."""
+def _bare(word: str) -> str:
+    return word.strip(".,;:!?'\"").lower()
+
+
+def noisy_instruction(text: str, generator: torch.Generator, drop: float = WORD_DROP, max_inserted: int = 3,
+                      keep_words: frozenset[str] = frozenset()) -> str:
+    """Drop each word with probability `drop` (one word always survives; words in `keep_words` always do), insert
+    1..max_inserted made-up words."""
     words = text.split()
-    keep = (torch.rand(len(words), generator=generator) >= drop).tolist()
+    keep = [bool(k) or _bare(w) in keep_words
+            for w, k in zip(words, (torch.rand(len(words), generator=generator) >= drop).tolist())]
     if words and not any(keep):
         keep[_randint(0, len(words) - 1, generator)] = True
     out = [w for w, k in zip(words, keep) if k]
@@ -36,11 +43,13 @@ def noisy_instruction(text: str, generator: torch.Generator, drop: float = WORD_
 
 
 def noisy_instructions(
-    texts: list[str], generators: list[torch.Generator], share: float, drop: float = WORD_DROP
+    texts: list[str], generators: list[torch.Generator], share: float, drop: float = WORD_DROP,
+    keep_words: frozenset[str] = frozenset(),
 ) -> list[str]:
-    """Rewrite each instruction with probability `share`; one uniform draw per sample, always, to keep streams aligned."""
+    """Rewrite each instruction with probability `share`; one uniform draw per sample, always, to keep streams aligned.
+    `keep_words` (e.g. `editkit.data.phrasings.slot_words()`) are never dropped."""
     out = []
     for text, g in zip(texts, generators):
         u = float(torch.rand((), generator=g))
-        out.append(noisy_instruction(text, g, drop) if u < share else text)
+        out.append(noisy_instruction(text, g, drop, keep_words=keep_words) if u < share else text)
     return out

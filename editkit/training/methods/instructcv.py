@@ -19,6 +19,7 @@ from editkit.encoders import encode_clip_text
 from editkit.guidance import ip2p_dropout
 from editkit.pipelines.instructcv import InstructCVPipeline, build_conditioning, unet_forward
 from editkit.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
+from editkit.data.phrasings import slot_words
 from editkit.training.prompts import noisy_instructions
 from editkit.training.tokens import extend_embeddings, word_tokenizer
 
@@ -77,6 +78,7 @@ class InstructCVTraining(MethodTraining):
         self.dropout = ip2p_dropout(float(cfg.train.conditioning_dropout))
         self.instruction_noise = float(cfg.train.instruction_noise)
         self.instruction_noise_drop = float(cfg.train.instruction_noise_drop)
+        self.noise_keep_words = slot_words() if cfg.train.instruction_noise_keep_slots else frozenset()
         # default guidance scales for the exported pipeline; those not given keep the pipeline's (official)
         opts = dict(m.get("options") or {})
         self.guidance = {k: float(opts.pop(k)) for k in ("guidance_scale", "image_guidance_scale") if k in opts}
@@ -136,7 +138,8 @@ class InstructCVTraining(MethodTraining):
 
         instructions = list(batch["instruction"])
         if self.instruction_noise > 0:  # drawn after everything above, so runs without it keep their streams
-            instructions = noisy_instructions(instructions, generators, self.instruction_noise, self.instruction_noise_drop)
+            instructions = noisy_instructions(instructions, generators, self.instruction_noise, self.instruction_noise_drop,
+                                              keep_words=self.noise_keep_words)
         prompts = instructions + [""]
         states = encode_clip_text(self.tokenizer, text_encoder, prompts, device)
         cond = build_conditioning(states[:bsz], states[bsz:], lat["image_latents"], noisy.dtype)

@@ -38,6 +38,7 @@ from editkit.testing.pixwizard import (
     tiny_pixwizard_transformer,
 )
 
+from editkit.data.phrasings import slot_words
 from editkit.training.prompts import noisy_instructions
 
 from .base import MethodTraining, scaled_target_latents
@@ -113,6 +114,7 @@ class PixWizardTraining(MethodTraining):
         self.dropout = pixwizard_dropout(float(cfg.train.conditioning_dropout))
         self.instruction_noise = float(cfg.train.instruction_noise)
         self.instruction_noise_drop = float(cfg.train.instruction_noise_drop)
+        self.noise_keep_words = slot_words() if cfg.train.instruction_noise_keep_slots else frozenset()
 
     def trainable(self) -> dict[str, torch.nn.Module]:
         mods = {"transformer": self.transformer}
@@ -174,7 +176,8 @@ class PixWizardTraining(MethodTraining):
 
         instructions = batch["instruction"]
         if self.instruction_noise > 0:  # drawn after everything above, so runs without it keep their streams
-            instructions = noisy_instructions(instructions, generators, self.instruction_noise, self.instruction_noise_drop)
+            instructions = noisy_instructions(instructions, generators, self.instruction_noise, self.instruction_noise_drop,
+                                              keep_words=self.noise_keep_words)
         prompts = instructions + [""]
         states, mask = encode_llm_text(self.tokenizer, text_encoder, prompts, device, max_length=int(self.options["llm_max_length"]))
         with torch.no_grad():

@@ -25,6 +25,7 @@ from editkit.guidance import ConditionDropout
 from editkit.modeling.promptfix_unet import PromptFixUNet2DConditionModel
 from editkit.pipelines.promptfix import PromptFixPipeline, build_conditioning, unet_forward
 from editkit.testing import tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_unet, tiny_vae
+from editkit.data.phrasings import slot_words
 from editkit.training.prompts import noisy_instructions
 
 from .base import MethodTraining, randn_per_sample, scaled_target_latents, sd_noise_schedules
@@ -63,6 +64,7 @@ class PromptFixTraining(MethodTraining):
         self.resize_side = opts.pop("resize_side", int(cfg.data.size))  # the exported pipeline's working size
         self.instruction_noise = float(cfg.train.instruction_noise)
         self.instruction_noise_drop = float(cfg.train.instruction_noise_drop)
+        self.noise_keep_words = slot_words() if cfg.train.instruction_noise_keep_slots else frozenset()
         # default guidance scales for the exported pipeline; those not given keep the pipeline's (official)
         self.guidance = {k: float(opts.pop(k)) for k in ("guidance_scale", "image_guidance_scale") if k in opts}
         if opts:
@@ -161,7 +163,8 @@ class PromptFixTraining(MethodTraining):
             raise ValueError("PromptFix training needs auxiliary prompts in the batch (collate/cache provide `auxiliary_prompt`).")
         instructions = list(batch["instruction"])
         if self.instruction_noise > 0:  # drawn after everything above, so runs without it keep their streams
-            instructions = noisy_instructions(instructions, generators, self.instruction_noise, self.instruction_noise_drop)
+            instructions = noisy_instructions(instructions, generators, self.instruction_noise, self.instruction_noise_drop,
+                                              keep_words=self.noise_keep_words)
         states = encode_clip_text(self.tokenizer, text_encoder, instructions + list(auxiliary) + [""], device)
         cond = build_conditioning(states[:bsz], states[-1:], lat["image_latents"], noisy.dtype, states[bsz : 2 * bsz])
         selected = split_text_groups(cond).select(drop)
