@@ -38,10 +38,16 @@ TASKS = {
 }
 DEFAULT_STEPS = 20
 EXTRA = {"promptfix": {"hgs_mode": "off"}}  # HGS is its own cost study (docs/hgs.md)
-UNET_METHODS = ("instructcv", "promptfix")  # DDPM-family UNets: the only ones a multistep solver or DeepCache serves
+UNET_METHODS = ("instructcv", "promptfix")  # DDPM-family UNets: the only ones DPM-Solver++ or DeepCache serves
 SWEEP = [SpeedPreset(20), SpeedPreset(10), SpeedPreset(10, (0.0, 0.5)), SpeedPreset(10, (0.25, 0.75)),
          SpeedPreset(10, None, "dpmpp_2m"), SpeedPreset(10, (0.0, 0.5), "dpmpp_2m"), SpeedPreset(6, (0.0, 0.5), "dpmpp_2m"),
-         SpeedPreset(10, (0.0, 0.5), None, 2), SpeedPreset(10, (0.0, 0.5), None, 3), SpeedPreset(10, (0.0, 0.5), "dpmpp_2m", 2)]
+         SpeedPreset(10, (0.0, 0.5), None, 2), SpeedPreset(10, (0.0, 0.5), None, 3), SpeedPreset(10, (0.0, 0.5), "dpmpp_2m", 2),
+         SpeedPreset(10, (0.0, 0.5), "unipc"), SpeedPreset(8, (0.0, 0.5), "unipc"), SpeedPreset(12, (0.0, 0.5), "unipc")]
+
+
+def serves(preset: SpeedPreset, method: str) -> bool:
+    """UniPC serves every pipeline (flow sigmas for the DiTs); DPM-Solver++ and DeepCache only the UNets."""
+    return method in UNET_METHODS or (preset.solver in (None, "unipc") and preset.deep_cache is None)
 
 
 def ip2p_reference(pipe):
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             entry["sweep"] = []
             chosen = SWEEP if args.sweep_only is None else [SWEEP[int(i)] for i in args.sweep_only.split(",")]
-            for preset in (p for p in chosen if (p.solver is None and p.deep_cache is None) or method in UNET_METHODS):
+            for preset in (p for p in chosen if serves(p, method)):
                 q = quality(pipe, method, TASKS[method], args.n, args.split, preset)
                 entry["sweep"].append({"preset": preset.__dict__, "quality": q})
                 print(method, preset, q, flush=True)

@@ -5,9 +5,10 @@ A preset is plain call arguments plus, for the UNet pipelines, a multistep solve
     steps               fewer denoising steps than the method's default
     guidance_interval   guide only part of the run (`editkit.guidance.GuidanceInterval`); outside it the
                         backbone runs one branch instead of two or three
-    solver              "dpmpp_2m": DPM-Solver++ 2M (diffusers' `DPMSolverMultistepScheduler`, built from the
-                        pipeline's scheduler config so the prediction type, betas and zero-SNR rescale carry
-                        over); None keeps the pipeline's scheduler (the flow-matching pipelines)
+    solver              "dpmpp_2m": DPM-Solver++ 2M (diffusers' `DPMSolverMultistepScheduler`) or "unipc" (UniPC,
+                        `UniPCMultistepScheduler`), built from the pipeline's scheduler config so the prediction
+                        type, betas and zero-SNR rescale carry over; for the flow-matching pipelines "unipc" on
+                        flow sigmas with the same shift; None keeps the pipeline's scheduler
     deep_cache          DeepCache interval for the UNet pipelines (`editkit.deep_cache`): the whole UNet on
                         every n-th call, only its outermost level in between; None = no caching
 
@@ -24,6 +25,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from .deep_cache import DeepCacheConfig, deep_cache_unet
 
@@ -50,23 +54,48 @@ FAST_PRESETS: dict[str, SpeedPreset] = {
     "unic": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
     "dream": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
 }
-SOLVERS = ("dpmpp_2m",)
+SOLVERS = ("dpmpp_2m", "unipc")
+FLOW_SOLVERS = ("unipc",)  # the flow pipelines set custom sigmas, which diffusers' DPM-Solver++ does not take
+
+
+def is_flow_scheduler(scheduler: Any) -> bool:
+    return "shift" in scheduler.config and "beta_start" not in scheduler.config
+
+
+class FlowUniPC(UniPCMultistepScheduler):
+    """diffusers' UniPC on flow sigmas, with float timesteps `sigma * 1000` as the flow transformers are trained on
+    (diffusers' UniPC rounds them to integers). Its grid is UniPC's own: 1 .. 1/N (PixWizard's custom sigmas are
+    the same), then the shift, then 0; the pipelines' Euler grid runs 1 .. 1/1000 instead, whose last, tiny step is
+    wasted on a multistep solver (tests/test_speed.py measures both on an ODE with a closed-form solution)."""
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, sigmas: list[float] | None = None,
+                      mu: float | None = None) -> None:
+        sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float64)  # UniPC's arithmetic wants an array
+        super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu)
+        self.timesteps = (self.sigmas[:-1] * self.config.num_train_timesteps).to(device)
 
 
 def fast_scheduler(scheduler: Any, solver: str) -> Any:
-    """A multistep solver with the same noise schedule and prediction type as `scheduler`."""
-    from diffusers import DPMSolverMultistepScheduler
-
+    """A multistep solver with the same noise schedule and prediction type as `scheduler`: DPM-Solver++ 2M or UniPC
+    (bh2, order 2) for the DDPM-family UNets; UniPC on flow sigmas (`flow_prediction`, the same shift) for the
+    flow-matching pipelines."""
     if solver not in SOLVERS:
         raise ValueError(f"`solver` must be one of {SOLVERS}, got {solver!r}.")
-    if "shift" in scheduler.config and "beta_start" not in scheduler.config:
-        raise ValueError(f"`solver={solver!r}` is for DDPM-family schedulers; this pipeline samples with the flow-matching "
-                         f"{type(scheduler).__name__}, which `--fast` keeps (set the preset's solver to None).")
     config = dict(scheduler.config)
-    extra = {"algorithm_type": "dpmsolver++", "solver_order": 2}
+    if is_flow_scheduler(scheduler):
+        if solver not in FLOW_SOLVERS:
+            raise ValueError(f"`solver={solver!r}` is for DDPM-family schedulers; this pipeline samples with the flow-matching "
+                             f"{type(scheduler).__name__}: use one of {FLOW_SOLVERS} or None (its own Euler).")
+        keep = {k: config[k] for k in ("num_train_timesteps", "use_dynamic_shifting", "time_shift_type", "shift_terminal") if k in config}
+        return FlowUniPC(**keep, use_flow_sigmas=True, flow_shift=float(config["shift"]), prediction_type="flow_prediction",
+                         solver_order=2, final_sigmas_type="zero")
+    extra: dict[str, Any] = {"solver_order": 2}
+    if solver == "dpmpp_2m":
+        extra["algorithm_type"] = "dpmsolver++"
     if config.get("rescale_betas_zero_snr"):
         extra["final_sigmas_type"] = "zero"  # zero terminal SNR: the last step lands on sigma 0 exactly
-    return DPMSolverMultistepScheduler.from_config(config, **extra)
+    cls = DPMSolverMultistepScheduler if solver == "dpmpp_2m" else UniPCMultistepScheduler
+    return cls.from_config(config, **extra)
 
 
 def fast_pipeline(pipe: Any, method: str, preset: SpeedPreset | None = None) -> tuple[Any, dict[str, Any]]:
