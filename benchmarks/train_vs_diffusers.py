@@ -8,7 +8,8 @@ the same pairs: the shipped instructcv-tiny folder (CLIP text encoder, VAE, sche
 back to a 4-channel text-to-image UNet, since the script always widens conv_in from 4 to 8 channels, as
 editkit's trainer does for such a UNet; the pairs are the shapes train split (64 x 64, written once as a folder with metadata.jsonl for editkit and
 as parquet for the script's `load_dataset`), at the same batch, learning rate, conditioning dropout and
-precision (fp32 on CPU), the UNet trained and the text encoder and VAE frozen, no EMA, no latent cache
+precision (fp32 on CPU), the same objective (the model folder's prediction type and zero-SNR betas, which the
+script reads from its scheduler config and editkit is given as `train.prediction_type` / `train.zero_terminal_snr`), the UNet trained and the text encoder and VAE frozen, no EMA, no latent cache
 (the script has none). Each is run as its own process twice, for `--steps` S1 and S2, interleaved
 (script S1, editkit S1, script S2, editkit S2); throughput is batch * (S2 - S1) / (t(S2) - t(S1)), which
 cancels start-up, data loading and the final save. Writes benchmarks/results/train_vs_diffusers.json.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -85,12 +87,24 @@ def diffusers_cmd(script: str, model: Path, data: Path, out: Path, steps: int, b
             "--dataloader_num_workers=0", "--seed=0", "--checkpointing_steps=1000000", f"--output_dir={out}"]
 
 
+def objective(model: Path) -> list[str]:
+    """The script trains with the model folder's scheduler (prediction type, zero-SNR betas); editkit is told the same."""
+    cfg = json.loads((model / "scheduler" / "scheduler_config.json").read_text())
+    zero_snr = bool(cfg.get("rescale_betas_zero_snr", False))
+    return [f"train.prediction_type={cfg.get('prediction_type', 'epsilon')}", f"train.zero_terminal_snr={str(zero_snr).lower()}"]
+
+
+def logged_losses(log: Path, key: str) -> list[float]:
+    """Every per-step loss a run printed in its progress bar (`step_loss=` for the script, `loss=` for editkit)."""
+    return [float(v) for v in re.findall(rf"[ ,]{key}=([0-9.]+(?:e-?[0-9]+)?)", log.read_text())]
+
+
 def editkit_cmd(model: Path, data: Path, out: Path, steps: int, batch: int, lr: float) -> list[str]:
     return [sys.executable, str(REPO / "train" / "train.py"), "--config", str(REPO / "configs" / "train" / "instructcv_shapes.yaml"),
             f"output_dir={out}", f"model.pretrained={model}", "model.train_text_encoder=false", "data.source=folder",
             f"data.path={data}", "data.cache=false", f"train.batch_size={batch}", f"train.max_steps={steps}", f"train.lr={lr}",
             "train.lr_scheduler=constant", "train.lr_warmup_steps=0", "train.conditioning_dropout=0.05", "train.ema=false",
-            "train.mixed_precision=no", "checkpoint.every=0", "validation.every=0", "log.tensorboard=false"]
+            "train.mixed_precision=no", "checkpoint.every=0", "validation.every=0", "log.tensorboard=false", "log.every=1", *objective(model)]
 
 
 def timed(cmd: list[str], log: Path) -> float:
@@ -127,11 +141,18 @@ def main(argv: list[str] | None = None) -> int:
             times["editkit"][steps] = timed(editkit_cmd(model, folder, root / f"e{steps}", steps, args.batch, args.lr),
                                             REPO / "outputs" / f"train_vs_diffusers_e{steps}.log")
     rate = {k: args.batch * (s2 - s1) / (t[s2] - t[s1]) for k, t in times.items()}
+    logs = {"diffusers": (REPO / "outputs" / f"train_vs_diffusers_d{s2}.log", "step_loss"),
+            "editkit": (REPO / "outputs" / f"train_vs_diffusers_e{s2}.log", "loss")}
+    losses = {k: logged_losses(path, key) for k, (path, key) in logs.items()}
     result = {"steps": [s1, s2], "batch": args.batch, "wall_s": times, "samples_per_s": rate,
-              "editkit_over_diffusers": rate["editkit"] / rate["diffusers"], "machine": C.machine()}
+              "editkit_over_diffusers": rate["editkit"] / rate["diffusers"], "machine": C.machine(),
+              "objective": objective(SHIPPED),
+              "logged_loss_mean": {k: sum(v) / len(v) if v else None for k, v in losses.items()},
+              "logged_loss_count": {k: len(v) for k, v in losses.items()}}
     for k in ("diffusers", "editkit"):
         print(f"{k:<10} {rate[k]:6.2f} samples/s  (wall {times[k][s1]:.1f} s at {s1} steps, {times[k][s2]:.1f} s at {s2})")
-    print(f"editkit / diffusers: {result['editkit_over_diffusers']:.2f}x")
+    print(f"editkit / diffusers: {result['editkit_over_diffusers']:.2f}x; mean logged loss at {s2} steps: "
+          + ", ".join(f"{k} {v:.4f} (n={result['logged_loss_count'][k]})" for k, v in result["logged_loss_mean"].items() if v is not None))
     C.write_json(REPO / "benchmarks" / "results" / "train_vs_diffusers.json", result)
     return 0
 
