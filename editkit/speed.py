@@ -50,7 +50,7 @@ class SpeedPreset:
 FAST_PRESETS: dict[str, SpeedPreset] = {
     "instructcv": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),  # its own Euler ancestral: val, docs/performance.md
     "promptfix": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5), solver="dpmpp_2m"),
-    "pixwizard": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
+    "pixwizard": SpeedPreset(steps=8, guidance_interval=(0.0, 0.5), solver="unipc"),  # flow UniPC: val, docs/performance.md
     "unic": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
     "dream": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
 }
