@@ -49,7 +49,7 @@ class SpeedPreset:
 # method -> preset, chosen on the shapes val split with the shipped tiny models (docs/performance.md)
 FAST_PRESETS: dict[str, SpeedPreset] = {
     "instructcv": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),  # its own Euler ancestral: val, docs/performance.md
-    "promptfix": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5), solver="dpmpp_2m"),
+    "promptfix": SpeedPreset(steps=8, guidance_interval=(0.0, 0.5), solver="unipc"),  # UniPC: val n=30, docs/performance.md
     "pixwizard": SpeedPreset(steps=8, guidance_interval=(0.0, 0.5), solver="unipc"),  # flow UniPC: val, docs/performance.md
     "unic": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),
     "dream": SpeedPreset(steps=10, guidance_interval=(0.0, 0.5)),

@@ -7,12 +7,15 @@ from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler, FlowMatchE
 from editkit.speed import SpeedPreset, fast_pipeline, fast_scheduler
 
 
-def test_solver_keeps_prediction_type_betas_and_zero_snr():
+@pytest.mark.parametrize("solver,cls", [("dpmpp_2m", "DPMSolverMultistepScheduler"), ("unipc", "UniPCMultistepScheduler")])
+def test_solver_keeps_prediction_type_betas_and_zero_snr(solver, cls):
     base = EulerAncestralDiscreteScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction",
                                            rescale_betas_zero_snr=True, timestep_spacing="trailing")
-    fast = fast_scheduler(base, "dpmpp_2m")
+    fast = fast_scheduler(base, solver)
+    assert type(fast).__name__ == cls and fast.config.solver_order == 2
     assert fast.config.prediction_type == "v_prediction" and fast.config.rescale_betas_zero_snr
-    assert fast.config.final_sigmas_type == "zero" and fast.config.algorithm_type == "dpmsolver++"
+    assert fast.config.final_sigmas_type == "zero"
+    assert solver != "dpmpp_2m" or fast.config.algorithm_type == "dpmsolver++"
     assert torch.allclose(fast.alphas_cumprod, base.alphas_cumprod)
     fast.set_timesteps(10)
     assert len(fast.timesteps) == 10 and int(fast.timesteps[0]) == 999  # trailing spacing starts at the last step
