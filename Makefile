@@ -30,7 +30,7 @@ edit: venv
 METHOD ?= instructcv
 # the recipes of the shipped model (PixWizard: CPU stages then one GPU stage; pixwizard_shapes is the full GPU one;
 # UNIC-Adapter: two GPU-sized stages, then one CPU stage)
-RECIPES = $(if $(filter dream,$(METHOD)),dream_fusion_from_unic dream_fusion_from_unic_ema,$(if $(filter unic,$(METHOD)),unic_shapes_gpu unic_shapes_gpu_more unic_shapes_subject,$(if $(filter pixwizard,$(METHOD)),pixwizard_shapes_cpu pixwizard_shapes_cpu_noise pixwizard_shapes_cpu_noise_strong pixwizard_shapes_weighted,$(if $(filter promptfix,$(METHOD)),promptfix_shapes promptfix_shapes_weighted promptfix_shapes_noise promptfix_shapes_noise_strong,$(if $(filter instructcv,$(METHOD)),instructcv_shapes instructcv_shapes_zsnr instructcv_shapes_words instructcv_shapes_anneal instructcv_shapes_anneal2,$(METHOD)_shapes)))))
+RECIPES = $(if $(filter dream,$(METHOD)),dream_fusion_from_unic dream_fusion_from_unic_ema,$(if $(filter unic,$(METHOD)),unic_shapes_gpu unic_shapes_gpu_more unic_shapes_subject,$(if $(filter pixwizard,$(METHOD)),pixwizard_shapes_cpu pixwizard_shapes_cpu_noise pixwizard_shapes_cpu_noise_strong pixwizard_shapes_weighted,$(if $(filter promptfix,$(METHOD)),promptfix_shapes promptfix_shapes_weighted promptfix_shapes_noise promptfix_shapes_noise_strong,$(if $(filter instructcv,$(METHOD)),instructcv_shapes instructcv_shapes_zsnr instructcv_shapes_words instructcv_shapes_anneal instructcv_shapes_anneal2 instructcv_shapes_paraphrase,$(METHOD)_shapes)))))
 tiny-model: venv
 	@test -f configs/train/$(firstword $(RECIPES)).yaml || { echo "no recipe for METHOD=$(METHOD): configs/train/$(firstword $(RECIPES)).yaml"; exit 2; }
 	for r in $(RECIPES); do $(BIN)/python train/train.py --config configs/train/$$r.yaml || exit 1; done
