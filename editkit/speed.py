@@ -65,8 +65,8 @@ def is_flow_scheduler(scheduler: Any) -> bool:
 class FlowUniPC(UniPCMultistepScheduler):
     """diffusers' UniPC on flow sigmas, with float timesteps `sigma * 1000` as the flow transformers are trained on
     (diffusers' UniPC rounds them to integers). Its grid is UniPC's own: 1 .. 1/N (PixWizard's custom sigmas are
-    the same), then the shift, then 0; the pipelines' Euler grid runs 1 .. 1/1000 instead, whose last, tiny step is
-    wasted on a multistep solver (tests/test_speed.py measures both on an ODE with a closed-form solution)."""
+    the same), then the shift, then 0. The pipelines' Euler grid (1 .. 1/1000) was tried in UniPC and solved a
+    closed-form ODE worse than Euler itself (docs/performance.md); tests/test_speed.py checks the grid used here."""
 
     def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, sigmas: list[float] | None = None,
                       mu: float | None = None) -> None:
